@@ -1,0 +1,51 @@
+# Shared helpers for the entry-point scripts. Source it; do not run it.
+
+# Debian packages the build and the tests need. Kept in one place so that
+# scripts/build, scripts/test and scripts/kernel agree on a fresh machine.
+HV_BUILD_PACKAGES=(
+    linux-source-6.12 flex bison bc libelf-dev libssl-dev cpio xz-utils make gcc
+    busybox-static systemd-boot-efi syslinux syslinux-common
+)
+HV_TEST_PACKAGES=(
+    qemu-system-x86 ovmf ipxe-qemu mtools dosfstools gdisk e2fsprogs
+)
+
+HV_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+HV_CACHE=${HV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hv}
+HV_MUSL=x86_64-unknown-linux-musl
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Installs whichever of the named Debian packages are missing. The package
+# lists are refreshed only when something is actually missing, so a warm
+# machine pays nothing.
+ensure_packages() {
+    local missing=() p
+    for p in "$@"; do
+        dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing Debian packages: ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# rust-toolchain.toml names the musl target; rustup installs it on first use,
+# but only when a cargo command runs inside the repo, so ask for it early.
+ensure_rust() {
+    command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (https://rustup.rs)"
+    (cd "$HV_ROOT" && rustup target list --installed | grep -qx "$HV_MUSL") ||
+        (cd "$HV_ROOT" && rustup target add "$HV_MUSL" >&2)
+}
+
+# Runs a named stage and reports how long it took.
+stage() {
+    local name=$1; shift
+    local t0=$SECONDS
+    log "$name"
+    "$@"
+    log "$name: done in $((SECONDS - t0)) s"
+}
