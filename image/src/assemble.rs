@@ -1,0 +1,313 @@
+//! `hv-image build`: turns the input files into every output in `--out`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::budget::{self, MIB};
+use crate::checksums;
+use crate::cli::BuildArgs;
+use crate::disk::{self, Partition, BASIC_DATA_TYPE, ESP_TYPE};
+use crate::epoch::{self, FatClock};
+use crate::fat::{self, FatFile, VolumeSpec};
+use crate::ids::Ids;
+use crate::initramfs;
+use crate::inputs::{self, Kind};
+use crate::report::{self, SizeReport};
+
+const LOADER_CONF: &str = include_str!("../assets/loader.conf");
+const LOADER_ENTRY: &str = include_str!("../assets/hv.conf");
+const HOST_TOML: &str = include_str!("../assets/host.toml");
+const EXAMPLE_GUEST_TOML: &str = include_str!("../assets/example.toml");
+const CONFIG_README: &str = include_str!("../assets/README.txt");
+
+/// Label of the config partition, which init looks for.
+pub const CONFIG_LABEL: &str = "HVCONFIG";
+const ESP_LABEL: &str = "HVBOOT";
+
+/// The image is rewritten as a whole for every update, so the ESP only
+/// needs room for rounding, not for growth in place.
+const ESP_SLACK: u64 = MIB / 2;
+/// Users put their own guest definitions (and often kernels) here.
+const CONFIG_MIN_SIZE: u64 = 16 * MIB;
+const CONFIG_SLACK: u64 = MIB;
+
+/// Output paths, relative to `--out`.
+pub const IMAGE: &str = "hv.img";
+pub const PXE_KERNEL: &str = "pxe/vmlinuz";
+pub const PXE_INITRD: &str = "pxe/initrd.img";
+pub const SUMS: &str = "SHA256SUMS";
+pub const REPORT: &str = "size-report.json";
+
+struct Inputs {
+    host_kernel: inputs::Input,
+    init: inputs::Input,
+    vmm: inputs::Input,
+    guest_kernel: inputs::Input,
+    busybox: inputs::Input,
+    efi_loader: inputs::Input,
+}
+
+impl Inputs {
+    fn read(args: &BuildArgs) -> Result<Self, String> {
+        Ok(Inputs {
+            host_kernel: inputs::read("host kernel", &args.host_kernel, Kind::EfiStubKernel)?,
+            init: inputs::read("init", &args.init, Kind::StaticExecutable)?,
+            vmm: inputs::read("vmm", &args.vmm, Kind::StaticExecutable)?,
+            guest_kernel: inputs::read("guest kernel", &args.guest_kernel, Kind::Kernel)?,
+            busybox: inputs::read("busybox", &args.busybox, Kind::StaticExecutable)?,
+            efi_loader: inputs::read("EFI loader", &args.efi_loader, Kind::EfiApplication)?,
+        })
+    }
+
+    fn ids(&self, epoch: u64) -> Ids {
+        Ids::from_inputs(
+            epoch,
+            &[
+                ("host-kernel", &self.host_kernel.data),
+                ("init", &self.init.data),
+                ("vmm", &self.vmm.data),
+                ("guest-kernel", &self.guest_kernel.data),
+                ("busybox", &self.busybox.data),
+                ("efi-loader", &self.efi_loader.data),
+            ],
+        )
+    }
+}
+
+/// Builds everything, prints the size report, and writes the outputs. An
+/// image over budget leaves only the size report behind (and removes stale
+/// images from earlier runs) so that nothing downstream can pick it up.
+pub fn build(args: &BuildArgs) -> Result<SizeReport, String> {
+    let env_budget = std::env::var(budget::ENV_VAR).ok();
+    let budget = budget::resolve(args.budget.as_deref(), env_budget.as_deref())?;
+    let epoch = epoch::from_env()?;
+    let inputs = Inputs::read(args)?;
+    let ids = inputs.ids(epoch);
+    // from_env bounds the epoch to 32 bits.
+    let mtime = epoch as u32;
+    let clock = FatClock::leak(epoch);
+
+    let host_initrd = initramfs::host(&inputs.init.data, &inputs.vmm.data, mtime)
+        .map_err(|e| format!("host initramfs: {e}"))?;
+    let guest_initrd = initramfs::example_guest(&inputs.busybox.data, mtime)
+        .map_err(|e| format!("example guest initramfs: {e}"))?;
+
+    let esp = fat::build(
+        &[
+            FatFile {
+                path: "EFI/BOOT/BOOTX64.EFI",
+                data: &inputs.efi_loader.data,
+            },
+            FatFile {
+                path: "loader/loader.conf",
+                data: LOADER_CONF.as_bytes(),
+            },
+            FatFile {
+                path: "loader/entries/hv.conf",
+                data: LOADER_ENTRY.as_bytes(),
+            },
+            FatFile {
+                path: "vmlinuz",
+                data: &inputs.host_kernel.data,
+            },
+            FatFile {
+                path: "initrd.img",
+                data: &host_initrd,
+            },
+        ],
+        &VolumeSpec {
+            label: ESP_LABEL,
+            volume_id: ids.volume_id("esp"),
+            min_size: MIB,
+            slack: ESP_SLACK,
+        },
+        clock,
+    )?;
+    let config = fat::build(
+        &[
+            FatFile {
+                path: "README.txt",
+                data: CONFIG_README.as_bytes(),
+            },
+            FatFile {
+                path: "host.toml",
+                data: HOST_TOML.as_bytes(),
+            },
+            FatFile {
+                path: "guests/example.toml",
+                data: EXAMPLE_GUEST_TOML.as_bytes(),
+            },
+            FatFile {
+                path: "example/bzImage",
+                data: &inputs.guest_kernel.data,
+            },
+            FatFile {
+                path: "example/initrd.img",
+                data: &guest_initrd,
+            },
+        ],
+        &VolumeSpec {
+            label: CONFIG_LABEL,
+            volume_id: ids.volume_id("config"),
+            min_size: CONFIG_MIN_SIZE,
+            slack: CONFIG_SLACK,
+        },
+        clock,
+    )?;
+
+    let image = disk::assemble(
+        ids.guid("disk"),
+        &[
+            Partition {
+                name: "EFI system partition",
+                type_guid: ESP_TYPE,
+                guid: ids.guid("esp"),
+                data: &esp.bytes,
+            },
+            Partition {
+                name: CONFIG_LABEL,
+                type_guid: BASIC_DATA_TYPE,
+                guid: ids.guid("config"),
+                data: &config.bytes,
+            },
+        ],
+    )?;
+
+    let report = SizeReport {
+        host_kernel: inputs.host_kernel.data.len() as u64,
+        host_initramfs: host_initrd.len() as u64,
+        init: inputs.init.data.len() as u64,
+        vmm: inputs.vmm.data.len() as u64,
+        efi_loader: inputs.efi_loader.data.len() as u64,
+        guest_kernel: inputs.guest_kernel.data.len() as u64,
+        guest_initramfs: guest_initrd.len() as u64,
+        esp: report::Partition {
+            offset: image.placements[0].offset,
+            size: esp.bytes.len() as u64,
+            used: esp.used,
+        },
+        config: report::Partition {
+            offset: image.placements[1].offset,
+            size: config.bytes.len() as u64,
+            used: config.used,
+        },
+        total: image.bytes.len() as u64,
+        budget,
+    };
+
+    let out = Output::new(&args.out)?;
+    let json = serde_json::to_string_pretty(&report.to_json()).map_err(|e| e.to_string())? + "\n";
+    out.write(REPORT, json.as_bytes())?;
+    print!("{report}");
+
+    let image_path = out.path(IMAGE);
+    if let Err(over) = budget::check(&image_path.display().to_string(), report.total, budget) {
+        for stale in [IMAGE, PXE_KERNEL, PXE_INITRD, SUMS] {
+            out.remove(stale)?;
+        }
+        return Err(format!("{over}; nothing but {REPORT} was written"));
+    }
+
+    out.write(IMAGE, &image.bytes)?;
+    out.write(PXE_KERNEL, &inputs.host_kernel.data)?;
+    out.write(PXE_INITRD, &host_initrd)?;
+    let sums = checksums::sums(&[
+        (IMAGE, &image.bytes),
+        (PXE_INITRD, &host_initrd),
+        (PXE_KERNEL, &inputs.host_kernel.data),
+    ]);
+    out.write(SUMS, sums.as_bytes())?;
+    println!("wrote {} ({} bytes)", image_path.display(), report.total);
+    Ok(report)
+}
+
+/// The output directory. Files are written under a temporary name and
+/// renamed, so an interrupted build never leaves a truncated image behind.
+struct Output {
+    dir: PathBuf,
+}
+
+impl Output {
+    fn new(dir: &Path) -> Result<Self, String> {
+        fs::create_dir_all(dir).map_err(|e| format!("output directory {}: {e}", dir.display()))?;
+        Ok(Output {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn path(&self, relative: &str) -> PathBuf {
+        self.dir.join(relative)
+    }
+
+    fn write(&self, relative: &str, data: &[u8]) -> Result<(), String> {
+        let path = self.path(relative);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)
+                .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+        }
+        let mut partial = path.clone().into_os_string();
+        partial.push(".partial");
+        fs::write(&partial, data)
+            .and_then(|_| fs::rename(&partial, &path))
+            .map_err(|e| format!("writing {}: {e}", path.display()))
+    }
+
+    fn remove(&self, relative: &str) -> Result<(), String> {
+        let path = self.path(relative);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(format!("removing stale {}: {e}", path.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hvconfig::guest::RestartPolicy;
+    use std::path::Path;
+
+    #[test]
+    fn shipped_host_toml_is_valid() {
+        let host = hvconfig::parse_host(Path::new("/cfg/host.toml"), HOST_TOML).unwrap();
+        assert_eq!(host.hostname, "hv01");
+        assert_eq!(host.shutdown_timeout_s, 30);
+        assert_eq!(host.bridges.len(), 1);
+        assert_eq!(host.bridges[0].name, "br0");
+        assert!(host.bridges[0].interfaces.is_empty());
+        assert!(host.mounts.is_empty());
+    }
+
+    #[test]
+    fn shipped_example_guest_is_valid() {
+        let path = Path::new("/cfg/guests/example.toml");
+        let guest = hvconfig::parse_guest(path, EXAMPLE_GUEST_TOML).unwrap();
+        assert_eq!(guest.name, "example");
+        assert_eq!((guest.machine.vcpus, guest.machine.memory_mib), (1, 64));
+        assert_eq!(
+            guest.boot.kernel,
+            Path::new("/cfg/guests/../example/bzImage")
+        );
+        assert_eq!(
+            guest.boot.initrd.as_deref(),
+            Some(Path::new("/cfg/guests/../example/initrd.img"))
+        );
+        assert_eq!(guest.boot.cmdline, "console=ttyS0 quiet");
+        assert!(guest.disks.is_empty());
+        assert!(guest.rng.enabled);
+        assert_eq!(guest.lifecycle.restart, RestartPolicy::OnFailure);
+        assert!(guest.lifecycle.autostart);
+    }
+
+    #[test]
+    fn boot_entry_uses_contract_cmdline() {
+        assert!(LOADER_ENTRY
+            .lines()
+            .any(|l| l == "options console=tty0 console=ttyS0,115200n8 panic=10"));
+        assert!(LOADER_ENTRY.lines().any(|l| l == "linux /vmlinuz"));
+        assert!(LOADER_ENTRY.lines().any(|l| l == "initrd /initrd.img"));
+        assert!(LOADER_CONF.lines().any(|l| l == "default hv.conf"));
+    }
+}

@@ -1,0 +1,271 @@
+//! FAT volumes built in memory: the EFI system partition and the HVCONFIG
+//! partition.
+
+use std::io::{Cursor, Write};
+
+use fatfs::{FileSystem, FormatVolumeOptions, FsOptions};
+
+use crate::budget::MIB;
+use crate::epoch::FatClock;
+
+/// A file to place on the volume; directories are created as needed.
+pub struct FatFile<'a> {
+    /// Path from the volume root, `/`-separated, no leading `/`.
+    pub path: &'a str,
+    pub data: &'a [u8],
+}
+
+pub struct VolumeSpec<'a> {
+    /// Volume label; at most 11 characters, upper case by FAT convention.
+    pub label: &'a str,
+    pub volume_id: u32,
+    /// The volume is never made smaller than this.
+    pub min_size: u64,
+    /// Free space to leave beyond the content, e.g. for a larger kernel later.
+    pub slack: u64,
+}
+
+pub struct Volume {
+    pub bytes: Vec<u8>,
+    /// Bytes not available for new files: metadata plus allocated clusters.
+    pub used: u64,
+}
+
+/// A volume never grows past this while searching for a size that fits; the
+/// image budget is far below it, so hitting it means something is wrong.
+/// It also keeps fatfs choosing FAT12/16, which `fat_dots` relies on.
+const MAX_SIZE: u64 = 256 * MIB;
+
+/// Formats a FAT volume holding `files` and sized in whole MiB: the smallest
+/// size that fits the content plus `slack`, but at least `min_size`. FAT
+/// overhead depends on the size chosen (cluster size, FAT length), so the
+/// estimate is verified by building the volume, growing it a MiB at a time
+/// until the content and the slack fit.
+pub fn build(
+    files: &[FatFile<'_>],
+    spec: &VolumeSpec<'_>,
+    clock: &'static FatClock,
+) -> Result<Volume, String> {
+    let label = label_bytes(spec.label)?;
+    let mut sorted: Vec<&FatFile<'_>> = files.iter().collect();
+    sorted.sort_by(|a, b| a.path.split('/').cmp(b.path.split('/')));
+
+    let content: u64 = sorted.iter().map(|f| f.data.len() as u64).sum();
+    let mut size = round_up_mib((content + spec.slack).max(spec.min_size));
+    loop {
+        match try_build(&sorted, size, spec, label, clock) {
+            Ok(volume) if volume.bytes.len() as u64 - volume.used >= spec.slack => {
+                return Ok(volume)
+            }
+            Ok(_) | Err(Fit::TooSmall) if size < MAX_SIZE => size += MIB,
+            Ok(_) | Err(Fit::TooSmall) => {
+                return Err(format!(
+                    "volume {}: {content} bytes of files do not fit in {} MiB",
+                    spec.label,
+                    MAX_SIZE / MIB
+                ))
+            }
+            Err(Fit::Failed(e)) => return Err(format!("volume {}: {e}", spec.label)),
+        }
+    }
+}
+
+enum Fit {
+    TooSmall,
+    Failed(String),
+}
+
+fn try_build(
+    files: &[&FatFile<'_>],
+    size: u64,
+    spec: &VolumeSpec<'_>,
+    label: [u8; 11],
+    clock: &'static FatClock,
+) -> Result<Volume, Fit> {
+    let failed = |what: &str, e: std::io::Error| Fit::Failed(format!("{what}: {e}"));
+    let mut disk = Cursor::new(vec![0u8; size as usize]);
+    fatfs::format_volume(
+        &mut disk,
+        FormatVolumeOptions::new()
+            .volume_id(spec.volume_id)
+            .volume_label(label),
+    )
+    .map_err(|e| failed("format", e))?;
+    disk.set_position(0);
+
+    let fs = FileSystem::new(&mut disk, FsOptions::new().time_provider(clock))
+        .map_err(|e| failed("mount", e))?;
+    write_files(&fs, files)?;
+    let stats = fs.stats().map_err(|e| failed("stats", e))?;
+    let free = u64::from(stats.free_clusters()) * u64::from(stats.cluster_size());
+    // Unmounting writes back the FS info and clears the dirty flag.
+    fs.unmount().map_err(|e| failed("unmount", e))?;
+    let mut bytes = disk.into_inner();
+    crate::fat_dots::repair(&mut bytes).map_err(Fit::Failed)?;
+    Ok(Volume {
+        bytes,
+        used: size - free,
+    })
+}
+
+fn write_files<T: fatfs::ReadWriteSeek>(
+    fs: &FileSystem<T>,
+    files: &[&FatFile<'_>],
+) -> Result<(), Fit> {
+    let root = fs.root_dir();
+    for file in files {
+        let (parents, name) = match file.path.rsplit_once('/') {
+            Some((parents, name)) => (Some(parents), name),
+            None => (None, file.path),
+        };
+        let mut dir = root.clone();
+        for component in parents.into_iter().flat_map(|p| p.split('/')) {
+            dir = dir
+                .create_dir(component)
+                .map_err(|e| too_small_or(e, &format!("mkdir for {}", file.path)))?;
+        }
+        let mut handle = dir
+            .create_file(name)
+            .map_err(|e| too_small_or(e, &format!("create {}", file.path)))?;
+        handle
+            .write_all(file.data)
+            .and_then(|_| handle.flush())
+            .map_err(|e| too_small_or(e, &format!("write {}", file.path)))?;
+    }
+    Ok(())
+}
+
+/// fatfs reports a full volume as an I/O error; anything else is a real
+/// failure that growing the volume would not fix.
+fn too_small_or(e: std::io::Error, what: &str) -> Fit {
+    let text = e.to_string();
+    if text.contains("No space") || e.kind() == std::io::ErrorKind::UnexpectedEof {
+        Fit::TooSmall
+    } else {
+        Fit::Failed(format!("{what}: {text}"))
+    }
+}
+
+fn label_bytes(label: &str) -> Result<[u8; 11], String> {
+    if label.len() > 11
+        || !label
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(format!("invalid FAT volume label {label:?}"));
+    }
+    let mut bytes = [b' '; 11];
+    bytes[..label.len()].copy_from_slice(label.as_bytes());
+    Ok(bytes)
+}
+
+pub fn round_up_mib(bytes: u64) -> u64 {
+    bytes.div_ceil(MIB).max(1) * MIB
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn clock() -> &'static FatClock {
+        FatClock::leak(crate::epoch::DEFAULT_EPOCH)
+    }
+
+    fn spec(min_size: u64, slack: u64) -> VolumeSpec<'static> {
+        VolumeSpec {
+            label: "HVCONFIG",
+            volume_id: 0xdead_beef,
+            min_size,
+            slack,
+        }
+    }
+
+    fn read(volume: &[u8], path: &str) -> Vec<u8> {
+        let fs = FileSystem::new(Cursor::new(volume.to_vec()), FsOptions::new()).unwrap();
+        let mut data = Vec::new();
+        fs.root_dir()
+            .open_file(path)
+            .unwrap()
+            .read_to_end(&mut data)
+            .unwrap();
+        data
+    }
+
+    #[test]
+    fn files_read_back_with_label_and_id() {
+        let big = vec![0x5a; 300_000];
+        let files = [
+            FatFile {
+                path: "guests/example.toml",
+                data: b"[machine]\n",
+            },
+            FatFile {
+                path: "example/bzImage",
+                data: &big,
+            },
+            FatFile {
+                path: "README.txt",
+                data: b"hello",
+            },
+        ];
+        let volume = build(&files, &spec(2 * MIB, 0), clock()).unwrap();
+        assert_eq!(volume.bytes.len() as u64, 2 * MIB);
+        assert_eq!(read(&volume.bytes, "README.txt"), b"hello");
+        assert_eq!(read(&volume.bytes, "example/bzImage"), big);
+        assert_eq!(read(&volume.bytes, "guests/example.toml"), b"[machine]\n");
+        assert!(
+            volume.used > 300_000 && volume.used < MIB,
+            "used {}",
+            volume.used
+        );
+
+        let fs = FileSystem::new(Cursor::new(volume.bytes.clone()), FsOptions::new()).unwrap();
+        assert_eq!(fs.volume_label(), "HVCONFIG");
+        assert_eq!(fs.volume_id(), 0xdead_beef);
+        let entry = fs
+            .root_dir()
+            .iter()
+            .map(|e| e.unwrap())
+            .find(|e| e.file_name() == "README.txt")
+            .unwrap();
+        assert_eq!(entry.modified().date.year, 2024);
+    }
+
+    #[test]
+    fn grows_to_fit_content_and_slack() {
+        let big = vec![1u8; 3 * MIB as usize];
+        let files = [FatFile {
+            path: "vmlinuz",
+            data: &big,
+        }];
+        let volume = build(&files, &spec(MIB, MIB), clock()).unwrap();
+        let size = volume.bytes.len() as u64;
+        assert_eq!(size % MIB, 0);
+        assert!(size - volume.used >= MIB, "slack kept");
+        assert!(size <= 6 * MIB, "no needless growth: {size}");
+        assert_eq!(read(&volume.bytes, "vmlinuz"), big);
+    }
+
+    #[test]
+    fn deterministic() {
+        let files = [FatFile {
+            path: "a/b/c.txt",
+            data: b"x",
+        }];
+        let a = build(&files, &spec(MIB, 0), clock()).unwrap();
+        let b = build(&files, &spec(MIB, 0), clock()).unwrap();
+        assert!(a.bytes == b.bytes);
+    }
+
+    #[test]
+    fn rejects_bad_label() {
+        let spec = VolumeSpec {
+            label: "hvconfig",
+            volume_id: 0,
+            min_size: MIB,
+            slack: 0,
+        };
+        assert!(build(&[], &spec, clock()).is_err());
+    }
+}

@@ -1,0 +1,382 @@
+//! `hv-image kconfig-check`: proves that a final kernel `.config` honours
+//! every setting of the Kconfig fragments it was built from.
+//!
+//! `merge_config.sh` + `make olddefconfig` silently drop a requested symbol
+//! whose dependencies are not met, so without this check a fragment can
+//! claim e.g. `CONFIG_KVM_AMD=y` while the built kernel has no KVM at all.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The value a fragment asks for or a `.config` holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Value {
+    /// `# CONFIG_X is not set` (or `CONFIG_X=n`, which Kconfig reads the same).
+    Unset,
+    /// `y`, `m`, a quoted string or a number, exactly as written.
+    Set(String),
+}
+
+/// One `CONFIG_*` line of a fragment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Requirement {
+    file: PathBuf,
+    line: usize,
+    symbol: String,
+    value: Value,
+}
+
+impl fmt::Display for Requirement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.value {
+            Value::Unset => write!(f, "'# {} is not set'", self.symbol),
+            Value::Set(v) => write!(f, "{}={}", self.symbol, v),
+        }
+    }
+}
+
+/// Entry point of `hv-image kconfig-check --config PATH FRAGMENT...`.
+pub fn run_cli(args: &[OsString]) -> Result<(), String> {
+    const USAGE: &str = "usage: hv-image kconfig-check --config PATH FRAGMENT...";
+    let mut config = None;
+    let mut fragments = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        if arg == "--config" {
+            let path = args
+                .next()
+                .ok_or_else(|| format!("--config needs a path\n{USAGE}"))?;
+            config = Some(PathBuf::from(path));
+        } else if arg.to_string_lossy().starts_with('-') {
+            return Err(format!("unknown option {}\n{USAGE}", arg.to_string_lossy()));
+        } else {
+            fragments.push(PathBuf::from(arg));
+        }
+    }
+    let config = config.ok_or_else(|| format!("missing --config\n{USAGE}"))?;
+    if fragments.is_empty() {
+        return Err(format!("no fragment given\n{USAGE}"));
+    }
+    let checked = check_files(&config, &fragments)?;
+    eprintln!(
+        "kconfig-check: {} settings from {} fragment(s) are honoured by {}",
+        checked,
+        fragments.len(),
+        config.display()
+    );
+    Ok(())
+}
+
+/// Checks `fragments` (later ones override earlier ones, as with
+/// `merge_config.sh`) against `config`; returns how many settings were checked.
+fn check_files(config: &Path, fragments: &[PathBuf]) -> Result<usize, String> {
+    let mut requirements = Vec::new();
+    for fragment in fragments {
+        requirements.extend(parse_fragment(fragment, &read(fragment)?)?);
+    }
+    let final_config = parse_config(config, &read(config)?)?;
+    check(&effective(requirements), &final_config, config)
+}
+
+fn read(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))
+}
+
+/// Splits one Kconfig line into symbol and value; `None` for lines that carry
+/// no setting (blank lines and ordinary comments).
+fn parse_line(text: &str) -> Result<Option<(String, Value)>, String> {
+    let text = text.trim();
+    if let Some(comment) = text.strip_prefix('#') {
+        let unset = comment
+            .trim()
+            .strip_suffix("is not set")
+            .map(str::trim)
+            .filter(|s| is_symbol(s));
+        return Ok(unset.map(|s| (s.to_string(), Value::Unset)));
+    }
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let (symbol, value) = text
+        .split_once('=')
+        .ok_or("expected CONFIG_NAME=VALUE or '# CONFIG_NAME is not set'")?;
+    if !is_symbol(symbol) {
+        return Err(format!("'{symbol}' is not a CONFIG_ symbol name"));
+    }
+    if !is_value(value) {
+        return Err(format!(
+            "{symbol}: '{value}' is not y, n, m, a quoted string or a number"
+        ));
+    }
+    let value = if value == "n" {
+        Value::Unset
+    } else {
+        Value::Set(value.to_string())
+    };
+    Ok(Some((symbol.to_string(), value)))
+}
+
+fn is_symbol(s: &str) -> bool {
+    s.strip_prefix("CONFIG_").is_some_and(|name| {
+        !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    })
+}
+
+fn is_value(v: &str) -> bool {
+    matches!(v, "y" | "n" | "m")
+        || (v.len() >= 2 && v.starts_with('"') && v.ends_with('"'))
+        || parse_number(v).is_some()
+}
+
+fn parse_number(v: &str) -> Option<i128> {
+    match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(hex) => i128::from_str_radix(hex, 16).ok(),
+        None => v.parse().ok(),
+    }
+}
+
+fn parse_fragment(path: &Path, text: &str) -> Result<Vec<Requirement>, String> {
+    let mut requirements = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let parsed =
+            parse_line(line).map_err(|e| format!("{}:{}: {e}", path.display(), index + 1))?;
+        if let Some((symbol, value)) = parsed {
+            requirements.push(Requirement {
+                file: path.to_path_buf(),
+                line: index + 1,
+                symbol,
+                value,
+            });
+        }
+    }
+    Ok(requirements)
+}
+
+fn parse_config(path: &Path, text: &str) -> Result<HashMap<String, Value>, String> {
+    let mut values = HashMap::new();
+    for (index, line) in text.lines().enumerate() {
+        let parsed =
+            parse_line(line).map_err(|e| format!("{}:{}: {e}", path.display(), index + 1))?;
+        if let Some((symbol, value)) = parsed {
+            values.insert(symbol, value);
+        }
+    }
+    Ok(values)
+}
+
+/// Keeps only the last setting of each symbol, in first-seen order: that is
+/// the one `merge_config.sh` hands to Kconfig.
+fn effective(requirements: Vec<Requirement>) -> Vec<Requirement> {
+    let mut order: Vec<String> = Vec::new();
+    let mut last: HashMap<String, Requirement> = HashMap::new();
+    for requirement in requirements {
+        if !last.contains_key(&requirement.symbol) {
+            order.push(requirement.symbol.clone());
+        }
+        last.insert(requirement.symbol.clone(), requirement);
+    }
+    order.into_iter().filter_map(|s| last.remove(&s)).collect()
+}
+
+fn same_value(wanted: &str, actual: &str) -> bool {
+    match (parse_number(wanted), parse_number(actual)) {
+        (Some(a), Some(b)) => a == b,
+        _ => wanted == actual,
+    }
+}
+
+fn check(
+    requirements: &[Requirement],
+    config: &HashMap<String, Value>,
+    config_path: &Path,
+) -> Result<usize, String> {
+    const HINT: &str = "(check its dependencies with 'make menuconfig')";
+    let mut problems = Vec::new();
+    for req in requirements {
+        let actual = config.get(&req.symbol);
+        let found = match (&req.value, actual) {
+            (Value::Unset, None | Some(Value::Unset)) => continue,
+            (Value::Set(w), Some(Value::Set(a))) if same_value(w, a) => continue,
+            (Value::Unset, Some(Value::Set(a))) => format!("{}={a}", req.symbol),
+            (Value::Set(_), Some(Value::Set(a))) => format!("{}={a} {HINT}", req.symbol),
+            (Value::Set(_), Some(Value::Unset)) => format!("it unset {HINT}"),
+            (Value::Set(_), None) => {
+                format!("no entry for it: unknown symbol, or hidden by an unmet dependency {HINT}")
+            }
+        };
+        problems.push(format!(
+            "{}:{}: {req} requested, but .config has {found}",
+            req.file.display(),
+            req.line
+        ));
+    }
+    if problems.is_empty() {
+        return Ok(requirements.len());
+    }
+    problems.push(format!(
+        "{} of {} fragment settings are not honoured by {}",
+        problems.len(),
+        requirements.len(),
+        config_path.display()
+    ));
+    Err(problems.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = "\
+#
+# Automatically generated file; DO NOT EDIT.
+#
+CONFIG_64BIT=y
+CONFIG_KVM=y
+# CONFIG_KVM_AMD is not set
+CONFIG_VIRTIO=m
+CONFIG_LOCALVERSION=\"-hv\"
+CONFIG_NR_CPUS=256
+CONFIG_PHYSICAL_START=0x1000000
+# CONFIG_MODULES is not set
+";
+
+    fn run(fragment: &str) -> Result<usize, String> {
+        let frag = Path::new("frag.config");
+        let config = Path::new("build/.config");
+        let reqs = parse_fragment(frag, fragment)?;
+        check(&effective(reqs), &parse_config(config, CONFIG)?, config)
+    }
+
+    #[test]
+    fn satisfied_fragment_passes() {
+        let fragment = "\
+# comment lines and blank lines are ignored
+
+CONFIG_64BIT=y
+CONFIG_KVM=y
+# CONFIG_KVM_AMD is not set
+CONFIG_VIRTIO=m
+CONFIG_LOCALVERSION=\"-hv\"
+CONFIG_NR_CPUS=256
+CONFIG_PHYSICAL_START=0x1000000
+# CONFIG_MODULES is not set
+CONFIG_SOUND=n
+# CONFIG_NOT_IN_CONFIG_AT_ALL is not set
+";
+        assert_eq!(run(fragment), Ok(10));
+    }
+
+    #[test]
+    fn unset_symbol_fails_with_location() {
+        let err = run("CONFIG_64BIT=y\nCONFIG_KVM_AMD=y\n").unwrap_err();
+        assert!(
+            err.contains("frag.config:2: CONFIG_KVM_AMD=y requested, but .config has it unset"),
+            "{err}"
+        );
+        assert!(err.contains("make menuconfig"), "{err}");
+        assert!(!err.contains("CONFIG_64BIT"), "{err}");
+    }
+
+    #[test]
+    fn different_value_fails() {
+        let err =
+            run("CONFIG_VIRTIO=y\nCONFIG_LOCALVERSION=\"-x\"\nCONFIG_NR_CPUS=64\n").unwrap_err();
+        assert!(
+            err.contains(
+                "frag.config:1: CONFIG_VIRTIO=y requested, but .config has CONFIG_VIRTIO=m"
+            ),
+            "{err}"
+        );
+        assert!(
+            err.contains("frag.config:2: CONFIG_LOCALVERSION=\"-x\""),
+            "{err}"
+        );
+        assert!(err.contains("CONFIG_NR_CPUS=64 requested"), "{err}");
+        assert!(err.contains("3 of 3 fragment settings"), "{err}");
+    }
+
+    #[test]
+    fn missing_symbol_fails() {
+        let err = run("CONFIG_KVM_INTEL=y\n").unwrap_err();
+        assert!(
+            err.contains("frag.config:1: CONFIG_KVM_INTEL=y requested, but .config has no entry"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn requested_unset_but_enabled_fails() {
+        let err = run("# CONFIG_KVM is not set\n").unwrap_err();
+        assert!(
+            err.contains("'# CONFIG_KVM is not set' requested, but .config has CONFIG_KVM=y"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn numbers_compare_by_value() {
+        assert_eq!(run("CONFIG_PHYSICAL_START=0x01000000\n"), Ok(1));
+    }
+
+    #[test]
+    fn later_setting_of_a_symbol_wins() {
+        assert_eq!(
+            run("CONFIG_KVM_AMD=y\n# CONFIG_KVM_AMD is not set\n"),
+            Ok(1)
+        );
+        let err = run("# CONFIG_KVM_AMD is not set\nCONFIG_KVM_AMD=y\n").unwrap_err();
+        assert!(err.contains("frag.config:2: CONFIG_KVM_AMD=y"), "{err}");
+    }
+
+    #[test]
+    fn malformed_fragment_line_is_reported() {
+        let err = run("CONFIG_KVM=y\nKVM=y\n").unwrap_err();
+        assert_eq!(err, "frag.config:2: 'KVM' is not a CONFIG_ symbol name");
+        let err = run("CONFIG_KVM=yes please\n").unwrap_err();
+        assert!(
+            err.starts_with("frag.config:1: CONFIG_KVM: 'yes please' is not"),
+            "{err}"
+        );
+        let err = run("just words\n").unwrap_err();
+        assert!(
+            err.starts_with("frag.config:1: expected CONFIG_NAME=VALUE"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cli_checks_files_across_fragments() {
+        let dir = std::env::temp_dir().join(format!("hv-kconfig-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join(".config");
+        let base = dir.join("base.config");
+        let extra = dir.join("extra.config");
+        std::fs::write(&config, CONFIG).unwrap();
+        std::fs::write(&base, "CONFIG_KVM=y\n# CONFIG_KVM_AMD is not set\n").unwrap();
+        std::fs::write(&extra, "CONFIG_KVM_AMD=y\n").unwrap();
+        let args = |frags: &[&Path]| -> Vec<OsString> {
+            let mut v = vec![OsString::from("--config"), config.clone().into()];
+            v.extend(frags.iter().map(|p| p.as_os_str().to_owned()));
+            v
+        };
+
+        assert_eq!(run_cli(&args(&[&base])), Ok(()));
+        let err = run_cli(&args(&[&base, &extra])).unwrap_err();
+        assert!(
+            err.contains(&format!(
+                "{}:1: CONFIG_KVM_AMD=y requested",
+                extra.display()
+            )),
+            "{err}"
+        );
+        assert!(run_cli(&args(&[])).unwrap_err().contains("no fragment"));
+        let missing = run_cli(&args(&[&dir.join("nope.config")])).unwrap_err();
+        assert!(missing.contains("nope.config: cannot read"), "{missing}");
+        assert!(run_cli(&[base.into()])
+            .unwrap_err()
+            .contains("missing --config"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

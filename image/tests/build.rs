@@ -1,0 +1,324 @@
+//! Runs the built `hv-image build` on small stand-in inputs and checks the
+//! outputs, the budget enforcement and reproducibility.
+
+use std::io::{Cursor, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest, Sha256};
+
+const MIB: u64 = 1024 * 1024;
+const OUTPUTS: [&str; 5] = [
+    "hv.img",
+    "pxe/vmlinuz",
+    "pxe/initrd.img",
+    "SHA256SUMS",
+    "size-report.json",
+];
+
+/// A scratch directory removed when the test ends.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("hv-image-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn bzimage(efi_stub: bool, len: usize, fill: u8) -> Vec<u8> {
+    let mut data = vec![fill; len];
+    data[..2].copy_from_slice(if efi_stub { b"MZ" } else { b"\0\0" });
+    data[0x202..0x206].copy_from_slice(b"HdrS");
+    data
+}
+
+fn static_elf(len: usize, fill: u8) -> Vec<u8> {
+    let mut data = vec![fill; len];
+    data[..64].fill(0);
+    data[..4].copy_from_slice(b"\x7fELF");
+    data[4..6].copy_from_slice(&[2, 1]);
+    data[18..20].copy_from_slice(&[62, 0]);
+    data
+}
+
+fn efi_app(len: usize) -> Vec<u8> {
+    let mut data = vec![0x11; len];
+    data[..2].copy_from_slice(b"MZ");
+    data[0x3c..0x40].copy_from_slice(&0x80u32.to_le_bytes());
+    data[0x80..0x84].copy_from_slice(b"PE\0\0");
+    data
+}
+
+/// Writes stand-in inputs of a few hundred KiB each and returns the
+/// `build` arguments naming them (without `--out`).
+fn inputs(dir: &Path) -> Vec<String> {
+    let files: [(&str, &str, Vec<u8>); 6] = [
+        (
+            "--host-kernel",
+            "bzImage-host",
+            bzimage(true, 700_000, 0x48),
+        ),
+        ("--init", "init", static_elf(300_000, 0x49)),
+        ("--vmm", "vmm", static_elf(500_000, 0x56)),
+        (
+            "--guest-kernel",
+            "bzImage-guest",
+            bzimage(false, 600_000, 0x47),
+        ),
+        ("--busybox", "busybox", static_elf(400_000, 0x42)),
+        ("--efi-loader", "BOOTX64.EFI", efi_app(100_000)),
+    ];
+    let mut args = Vec::new();
+    for (flag, name, data) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, data).unwrap();
+        args.push(flag.to_string());
+        args.push(path.display().to_string());
+    }
+    args
+}
+
+fn hv_image(args: &[String], out: &Path, env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hv-image"));
+    command
+        .arg("build")
+        .arg("--out")
+        .arg(out)
+        .args(args)
+        .env_remove("HV_SIZE_BUDGET")
+        .env("SOURCE_DATE_EPOCH", "1700000000");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("run hv-image")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn report(out: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(out.join("size-report.json")).unwrap()).unwrap()
+}
+
+fn read_fat_file(partition: &[u8], path: &str) -> Vec<u8> {
+    let fs =
+        fatfs::FileSystem::new(Cursor::new(partition.to_vec()), fatfs::FsOptions::new()).unwrap();
+    let mut data = Vec::new();
+    fs.root_dir()
+        .open_file(path)
+        .unwrap()
+        .read_to_end(&mut data)
+        .unwrap();
+    data
+}
+
+#[test]
+fn builds_all_outputs_within_budget() {
+    let scratch = Scratch::new("ok");
+    let args = inputs(&scratch.0);
+    let out = scratch.0.join("out");
+    let output = hv_image(&args, &out, &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("total hv.img"), "table printed:\n{stdout}");
+    for file in OUTPUTS {
+        assert!(out.join(file).is_file(), "{file} missing");
+    }
+
+    let image = std::fs::read(out.join("hv.img")).unwrap();
+    let json = report(&out);
+    assert_eq!(json["total_bytes"], image.len() as u64);
+    assert_eq!(json["budget_bytes"], 64 * MIB);
+    assert_eq!(json["headroom_bytes"], 64 * MIB as i64 - image.len() as i64);
+    assert_eq!(json["components"]["host_kernel"], 700_000);
+    assert_eq!(json["components"]["vmm"], 500_000);
+    assert_eq!(json["components"]["guest_kernel"], 600_000);
+    let initrd = std::fs::read(out.join("pxe/initrd.img")).unwrap();
+    assert_eq!(json["components"]["host_initramfs"], initrd.len() as u64);
+
+    // Partitions: ESP first at 1 MiB, then HVCONFIG of at least 16 MiB.
+    let gpt = gptman::GPT::read_from(&mut Cursor::new(&image), 512).unwrap();
+    assert_eq!(gpt[1].starting_lba, 2048);
+    assert_eq!(gpt[2].partition_name.as_str(), "HVCONFIG");
+    let part = |i: u32| {
+        let (start, end) = (
+            gpt[i].starting_lba as usize * 512,
+            (gpt[i].ending_lba as usize + 1) * 512,
+        );
+        &image[start..end]
+    };
+    let (esp, config) = (part(1), part(2));
+    assert_eq!(json["partitions"]["esp"]["size_bytes"], esp.len() as u64);
+    assert_eq!(
+        json["partitions"]["config"]["offset_bytes"],
+        gpt[2].starting_lba * 512
+    );
+    assert!(config.len() as u64 >= 16 * MIB);
+
+    // PXE files are the very bytes on the ESP.
+    assert_eq!(
+        read_fat_file(esp, "vmlinuz"),
+        std::fs::read(out.join("pxe/vmlinuz")).unwrap()
+    );
+    assert_eq!(read_fat_file(esp, "initrd.img"), initrd);
+    assert_eq!(read_fat_file(esp, "EFI/BOOT/BOOTX64.EFI"), efi_app(100_000));
+    let entry = String::from_utf8(read_fat_file(esp, "loader/entries/hv.conf")).unwrap();
+    assert!(entry.contains("options console=tty0 console=ttyS0,115200n8 panic=10"));
+    assert_eq!(
+        read_fat_file(config, "example/bzImage"),
+        bzimage(false, 600_000, 0x47)
+    );
+    assert!(!read_fat_file(config, "guests/example.toml").is_empty());
+    assert!(!read_fat_file(config, "host.toml").is_empty());
+    let fs = fatfs::FileSystem::new(Cursor::new(config.to_vec()), fatfs::FsOptions::new()).unwrap();
+    assert_eq!(fs.volume_label(), "HVCONFIG");
+
+    // SHA256SUMS covers the image and the PXE files, relative to out/.
+    let sums = std::fs::read_to_string(out.join("SHA256SUMS")).unwrap();
+    let mut listed = Vec::new();
+    for line in sums.lines() {
+        let (digest, path) = line.split_once("  ").unwrap();
+        let actual: String = Sha256::digest(std::fs::read(out.join(path)).unwrap())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(digest, actual, "{path}");
+        listed.push(path);
+    }
+    listed.sort();
+    assert_eq!(listed, ["hv.img", "pxe/initrd.img", "pxe/vmlinuz"]);
+
+    // fsck.fat (dosfstools) is the strictest FAT checker at hand.
+    if Command::new("fsck.fat").arg("--help").output().is_ok() {
+        for (name, bytes) in [("esp", esp), ("config", config)] {
+            let file = scratch.0.join(format!("{name}.fat"));
+            std::fs::write(&file, bytes).unwrap();
+            let fsck = Command::new("fsck.fat")
+                .arg("-n")
+                .arg(&file)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&fsck.stdout);
+            assert!(fsck.status.success(), "fsck.fat {name}:\n{text}");
+            assert_eq!(
+                text.lines().count(),
+                2,
+                "fsck.fat {name} complained:\n{text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn two_builds_are_byte_identical() {
+    let scratch = Scratch::new("repro");
+    let args = inputs(&scratch.0);
+    let (a, b) = (scratch.0.join("a"), scratch.0.join("b"));
+    for out in [&a, &b] {
+        let output = hv_image(&args, out, &[]);
+        assert!(output.status.success(), "{}", stderr(&output));
+    }
+    for file in OUTPUTS {
+        let (x, y) = (
+            std::fs::read(a.join(file)).unwrap(),
+            std::fs::read(b.join(file)).unwrap(),
+        );
+        assert!(x == y, "{file} differs between builds");
+    }
+
+    // A different timestamp must show up in the image.
+    let c = scratch.0.join("c");
+    let output = hv_image(&args, &c, &[("SOURCE_DATE_EPOCH", "1600000000")]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(std::fs::read(a.join("hv.img")).unwrap() != std::fs::read(c.join("hv.img")).unwrap());
+}
+
+#[test]
+fn over_budget_fails_naming_both_sizes() {
+    let scratch = Scratch::new("budget");
+    let args = inputs(&scratch.0);
+    let out = scratch.0.join("out");
+
+    // A successful build first, to prove a failing one removes stale images.
+    assert!(hv_image(&args, &out, &[]).status.success());
+    let total = report(&out)["total_bytes"].as_u64().unwrap();
+
+    let budget = total - 1;
+    let mut small = args.clone();
+    small.extend(["--budget".to_string(), budget.to_string()]);
+    let output = hv_image(&small, &out, &[]);
+    assert!(!output.status.success());
+    let err = stderr(&output);
+    assert!(
+        err.contains(&total.to_string()),
+        "names image size {total}: {err}"
+    );
+    assert!(
+        err.contains(&budget.to_string()),
+        "names budget {budget}: {err}"
+    );
+    assert!(
+        !out.join("hv.img").exists(),
+        "no over-budget image left behind"
+    );
+    assert!(!out.join("SHA256SUMS").exists());
+    assert_eq!(report(&out)["within_budget"], false);
+
+    // The environment variable works the same way, with a unit suffix.
+    let output = hv_image(&args, &out, &[("HV_SIZE_BUDGET", "8M")]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains(&(8 * MIB).to_string()),
+        "{}",
+        stderr(&output)
+    );
+    // ... and --budget overrides it.
+    let mut generous = args.clone();
+    generous.extend(["--budget".to_string(), "64MiB".to_string()]);
+    assert!(hv_image(&generous, &out, &[("HV_SIZE_BUDGET", "8M")])
+        .status
+        .success());
+}
+
+#[test]
+fn budget_cannot_be_raised() {
+    let scratch = Scratch::new("raise");
+    let mut args = inputs(&scratch.0);
+    args.extend(["--budget".to_string(), "65M".to_string()]);
+    let output = hv_image(&args, &scratch.0.join("out"), &[]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("only be lowered"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn bad_inputs_name_the_file_and_reason() {
+    let scratch = Scratch::new("bad");
+    let mut args = inputs(&scratch.0);
+    let missing = scratch.0.join("no-such-vmm");
+    let at = args.iter().position(|a| a == "--vmm").unwrap() + 1;
+    args[at] = missing.display().to_string();
+    let output = hv_image(&args, &scratch.0.join("out"), &[]);
+    assert!(!output.status.success());
+    let err = stderr(&output);
+    assert!(err.contains(&format!("vmm {}", missing.display())), "{err}");
+    assert!(err.contains("No such file"), "{err}");
+
+    // A kernel where an executable belongs (swapped arguments).
+    args[at] = scratch.0.join("bzImage-host").display().to_string();
+    let err = stderr(&hv_image(&args, &scratch.0.join("out"), &[]));
+    assert!(err.contains("bzImage-host: not an ELF executable"), "{err}");
+}

@@ -1,0 +1,39 @@
+//! The real kernel configuration flow must refuse a fragment whose request
+//! Kconfig silently drops: here KVM_AMD while its parent menu is disabled.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn unsatisfiable_fragment_fails_the_kernel_config() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let dir = std::env::temp_dir().join(format!("hv-kconfig-unsat-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fragment = dir.join("unsatisfiable.config");
+    std::fs::write(
+        &fragment,
+        "# CONFIG_VIRTUALIZATION is not set\nCONFIG_KVM_AMD=y\n",
+    )
+    .unwrap();
+
+    let output = Command::new(repo.join("scripts/kernel"))
+        .args(["guest", "--config-only", "--extra-fragment"])
+        .arg(&fragment)
+        // Check with the binary under test instead of a separate release build.
+        .env("HV_IMAGE", env!("CARGO_BIN_EXE_hv-image"))
+        .output()
+        .expect("run scripts/kernel");
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "scripts/kernel succeeded:\n{stderr}"
+    );
+    let expected = format!("{}:2: CONFIG_KVM_AMD=y requested", fragment.display());
+    assert!(stderr.contains(&expected), "no '{expected}' in:\n{stderr}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).trim().is_empty(),
+        "a failed check must not print a path"
+    );
+}
