@@ -1,0 +1,527 @@
+//! The guest definition format: one `guests/NAME.toml` per virtual machine.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{ConfigError, Position, Source};
+use crate::fields::{parse_document, Fields, Str};
+use crate::mac::MacAddr;
+use crate::names::{valid_ifname, GUEST_NAME_RULE, IFNAME_RULE};
+
+pub use crate::names::valid_guest_name as valid_name;
+
+pub const MAX_VCPUS: u8 = 32;
+/// 16 MiB is about the least a modern kernel boots in; 1 TiB is far beyond
+/// any host this image targets and keeps `memory_mib << 20` inside a u64.
+pub const MIN_MEMORY_MIB: u32 = 16;
+pub const MAX_MEMORY_MIB: u32 = 1 << 20;
+/// The x86 kernel accepts 2048 bytes of command line in total; half of it
+/// stays free for what the VMM appends for its devices.
+pub const MAX_CMDLINE_LEN: usize = 1024;
+pub const MAX_DISKS: usize = 16;
+pub const MAX_NETS: usize = 8;
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
+
+/// A parsed, validated guest definition. All paths are resolved against the
+/// directory holding the definition file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestConfig {
+    /// The file stem of the definition, e.g. `web` for `guests/web.toml`.
+    pub name: String,
+    /// The definition file itself, as it was given to the parser.
+    pub file: PathBuf,
+    pub machine: Machine,
+    pub boot: Boot,
+    /// In guest order: the first is `/dev/vda`.
+    pub disks: Vec<Disk>,
+    /// In guest order: the first is `eth0`.
+    pub nets: Vec<Net>,
+    pub rng: Rng,
+    pub lifecycle: Lifecycle,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Machine {
+    pub vcpus: u8,
+    pub memory_mib: u32,
+}
+
+impl Default for Machine {
+    fn default() -> Self {
+        Machine {
+            vcpus: 1,
+            memory_mib: 128,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Boot {
+    /// A bzImage or an ELF vmlinux.
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// What the user asked for; the VMM appends what its devices need.
+    pub cmdline: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Disk {
+    pub path: DiskSource,
+    pub read_only: bool,
+}
+
+/// Where a disk's data lives. Labels are resolved by init on the host,
+/// which knows the block devices; the VMM only ever opens a path or an fd.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum DiskSource {
+    /// A regular file or a block device.
+    Path(PathBuf),
+    /// `LABEL=x`: the file system label of a host partition.
+    Label(String),
+    /// `PARTLABEL=x`: the GPT partition name of a host partition.
+    PartLabel(String),
+}
+
+impl fmt::Display for DiskSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DiskSource::Path(p) => write!(f, "{}", p.display()),
+            DiskSource::Label(l) => write!(f, "LABEL={l}"),
+            DiskSource::PartLabel(l) => write!(f, "PARTLABEL={l}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Net {
+    /// A bridge defined in host.toml; init creates a tap and attaches it.
+    pub bridge: Option<String>,
+    /// An existing tap device to use as is.
+    pub tap: Option<String>,
+    /// Always set: derived from the guest name and NIC index when absent.
+    pub mac: MacAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rng {
+    pub enabled: bool,
+}
+
+impl Default for Rng {
+    fn default() -> Self {
+        Rng { enabled: true }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lifecycle {
+    pub restart: RestartPolicy,
+    /// Whether init starts the guest at boot.
+    pub autostart: bool,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle {
+            restart: RestartPolicy::OnFailure,
+            autostart: true,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RestartPolicy {
+    Always,
+    #[default]
+    OnFailure,
+    Never,
+}
+
+impl RestartPolicy {
+    const NAMES: [(&'static str, RestartPolicy); 3] = [
+        ("always", RestartPolicy::Always),
+        ("on-failure", RestartPolicy::OnFailure),
+        ("never", RestartPolicy::Never),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::Always => "always",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Never => "never",
+        }
+    }
+}
+
+impl fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl GuestConfig {
+    /// Checks that the files the definition points at exist and have the
+    /// right type, so a typo shows up as a config error instead of a guest
+    /// that never boots.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        check_file(&self.file, "kernel", &self.boot.kernel, false)?;
+        if let Some(initrd) = &self.boot.initrd {
+            check_file(&self.file, "initrd", initrd, false)?;
+        }
+        for (i, disk) in self.disks.iter().enumerate() {
+            if let DiskSource::Path(path) = &disk.path {
+                check_file(&self.file, &format!("disk {}", i + 1), path, true)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_file(def: &Path, what: &str, path: &Path, block_ok: bool) -> Result<(), ConfigError> {
+    let fail = |problem: String| {
+        ConfigError::new(def, None, format!("{what} {}: {problem}", path.display()))
+    };
+    let meta = match fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(fail("no such file".into()));
+        }
+        Err(e) => return Err(fail(format!("cannot access: {e}"))),
+    };
+    let kind = meta.file_type();
+    let expected = if block_ok {
+        "a regular file or a block device"
+    } else {
+        "a regular file"
+    };
+    if kind.is_file() {
+        if meta.len() == 0 {
+            return Err(fail("file is empty".into()));
+        }
+        Ok(())
+    } else if block_ok && kind.is_block_device() {
+        Ok(())
+    } else {
+        let found = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_block_device() {
+            "a block device"
+        } else if kind.is_char_device() {
+            "a character device"
+        } else {
+            "a special file"
+        };
+        Err(fail(format!("is {found}, expected {expected}")))
+    }
+}
+
+/// Parses the guest definition `text` read from `path`; the guest's name is
+/// the file stem.
+pub(crate) fn parse(path: &Path, text: &str) -> Result<GuestConfig, ConfigError> {
+    let src = Source { path, text };
+    let name = guest_name(&src)?;
+    let doc = parse_document(&src)?;
+    let root = Fields::new(
+        &src,
+        doc.get_ref(),
+        None,
+        "the top level",
+        &["machine", "boot", "disk", "net", "rng", "lifecycle"],
+    )?;
+    let base = path.parent().unwrap_or(Path::new(""));
+
+    let machine = match root.sub("machine", "[machine]", &["vcpus", "memory_mib"])? {
+        Some(f) => machine(&f)?,
+        None => Machine::default(),
+    };
+    let Some(boot_fields) = root.sub("boot", "[boot]", &["kernel", "initrd", "cmdline"])? else {
+        return Err(src.error_at_start(
+            "missing required table [boot] (it must set kernel = \"PATH\" to a bzImage or vmlinux)",
+        ));
+    };
+    let boot = boot(&boot_fields, base)?;
+    let disks = disks(&root, base)?;
+    let nets = nets(&root, &name)?;
+    let rng = match root.sub("rng", "[rng]", &["enabled"])? {
+        Some(f) => Rng {
+            enabled: f.boolean("enabled")?.unwrap_or(true),
+        },
+        None => Rng::default(),
+    };
+    let lifecycle = match root.sub("lifecycle", "[lifecycle]", &["restart", "autostart"])? {
+        Some(f) => lifecycle(&f)?,
+        None => Lifecycle::default(),
+    };
+
+    Ok(GuestConfig {
+        name,
+        file: path.to_path_buf(),
+        machine,
+        boot,
+        disks,
+        nets,
+        rng,
+        lifecycle,
+    })
+}
+
+fn guest_name(src: &Source<'_>) -> Result<String, ConfigError> {
+    let stem = src.path.file_stem().map(|s| s.to_string_lossy());
+    match stem {
+        Some(stem) if valid_name(&stem) => Ok(stem.into_owned()),
+        Some(stem) => Err(src.error_at_start(format!(
+            "guest name '{stem}' (the file name without .toml) is invalid: use {GUEST_NAME_RULE}"
+        ))),
+        None => Err(src.error_at_start(format!(
+            "the file name gives no guest name: name it NAME.toml, NAME being {GUEST_NAME_RULE}"
+        ))),
+    }
+}
+
+fn machine(f: &Fields<'_, '_, '_>) -> Result<Machine, ConfigError> {
+    let d = Machine::default();
+    // Both ranges fit their target types, so the narrowing cannot fail.
+    let vcpus = f.integer("vcpus", 1..=i64::from(MAX_VCPUS))?;
+    let memory = f.integer(
+        "memory_mib",
+        i64::from(MIN_MEMORY_MIB)..=i64::from(MAX_MEMORY_MIB),
+    )?;
+    Ok(Machine {
+        vcpus: vcpus.and_then(|n| u8::try_from(n).ok()).unwrap_or(d.vcpus),
+        memory_mib: memory
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(d.memory_mib),
+    })
+}
+
+/// A file path as written, checked for things no file system accepts.
+fn path_value(f: &Fields<'_, '_, '_>, key: &str, s: &Str<'_>) -> Result<(), ConfigError> {
+    if s.value.is_empty() {
+        return Err(f
+            .source()
+            .error_at(s.span.clone(), format!("{key} must not be empty")));
+    }
+    if s.value.contains('\0') {
+        return Err(f.source().error_at(
+            s.span.clone(),
+            format!("{key} must not contain NUL characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn boot(f: &Fields<'_, '_, '_>, base: &Path) -> Result<Boot, ConfigError> {
+    let kernel = f
+        .string("kernel")?
+        .ok_or_else(|| f.missing("kernel", "the path of a bzImage or ELF vmlinux"))?;
+    path_value(f, "kernel", &kernel)?;
+    let initrd = f.string("initrd")?;
+    if let Some(initrd) = &initrd {
+        path_value(f, "initrd", initrd)?;
+    }
+    let cmdline = match f.string("cmdline")? {
+        Some(c) => {
+            if c.value.len() > MAX_CMDLINE_LEN {
+                return Err(f.source().error_at(
+                    c.span,
+                    format!(
+                        "cmdline is {} bytes long (allowed at most {MAX_CMDLINE_LEN})",
+                        c.value.len()
+                    ),
+                ));
+            }
+            if c.value.chars().any(char::is_control) {
+                return Err(f.source().error_at(
+                    c.span,
+                    "cmdline must not contain control characters (newlines, tabs, ...)",
+                ));
+            }
+            c.value.to_string()
+        }
+        None => DEFAULT_CMDLINE.to_string(),
+    };
+    Ok(Boot {
+        kernel: base.join(kernel.value),
+        initrd: initrd.map(|i| base.join(i.value)),
+        cmdline,
+    })
+}
+
+fn disks(root: &Fields<'_, '_, '_>, base: &Path) -> Result<Vec<Disk>, ConfigError> {
+    let src = root.source();
+    let tables = root.tables("disk")?;
+    let mut disks: Vec<Disk> = Vec::with_capacity(tables.len());
+    // Where each accepted disk's table starts, to point back at it.
+    let mut header_starts: Vec<usize> = Vec::with_capacity(disks.capacity());
+    for (i, (t, span)) in tables.into_iter().enumerate() {
+        if i == MAX_DISKS {
+            return Err(src.error_at(
+                span,
+                format!("too many disks (allowed at most {MAX_DISKS})"),
+            ));
+        }
+        let f = Fields::new(
+            src,
+            t,
+            Some(span.clone()),
+            "[[disk]]",
+            &["path", "read_only"],
+        )?;
+        let p = f
+            .string("path")?
+            .ok_or_else(|| f.missing("path", "a file, a block device, LABEL=x or PARTLABEL=x"))?;
+        path_value(&f, "path", &p)?;
+        let path = disk_source(&f, &p, base)?;
+        if let Some(j) = disks.iter().position(|d| d.path == path) {
+            let line = Position::of_offset(src.text, header_starts[j]).line;
+            return Err(src.error_at(
+                p.span,
+                format!(
+                    "path '{}' is already used by the [[disk]] at line {line}",
+                    p.value
+                ),
+            ));
+        }
+        header_starts.push(span.start);
+        disks.push(Disk {
+            path,
+            read_only: f.boolean("read_only")?.unwrap_or(false),
+        });
+    }
+    Ok(disks)
+}
+
+fn disk_source(
+    f: &Fields<'_, '_, '_>,
+    p: &Str<'_>,
+    base: &Path,
+) -> Result<DiskSource, ConfigError> {
+    let labelled = |prefix: &str, make: fn(String) -> DiskSource| {
+        let label = &p.value[prefix.len()..];
+        if label.is_empty() {
+            Err(f.source().error_at(
+                p.span.clone(),
+                format!("path '{prefix}' needs a label after '='"),
+            ))
+        } else {
+            Ok(make(label.to_string()))
+        }
+    };
+    if p.value.starts_with("LABEL=") {
+        labelled("LABEL=", DiskSource::Label)
+    } else if p.value.starts_with("PARTLABEL=") {
+        labelled("PARTLABEL=", DiskSource::PartLabel)
+    } else if p.value.starts_with("UUID=") || p.value.starts_with("PARTUUID=") {
+        Err(f.source().error_at(
+            p.span.clone(),
+            "disks cannot be chosen by UUID (allowed: a path, LABEL=x or PARTLABEL=x)",
+        ))
+    } else {
+        Ok(DiskSource::Path(base.join(p.value)))
+    }
+}
+
+fn nets(root: &Fields<'_, '_, '_>, name: &str) -> Result<Vec<Net>, ConfigError> {
+    let src = root.source();
+    let tables = root.tables("net")?;
+    let mut nets: Vec<Net> = Vec::with_capacity(tables.len());
+    for (i, (t, span)) in tables.into_iter().enumerate() {
+        if i == MAX_NETS {
+            return Err(src.error_at(span, format!("too many nets (allowed at most {MAX_NETS})")));
+        }
+        let f = Fields::new(
+            src,
+            t,
+            Some(span.clone()),
+            "[[net]]",
+            &["bridge", "tap", "mac"],
+        )?;
+        let ifname = |key: &str| -> Result<Option<String>, ConfigError> {
+            let Some(s) = f.string(key)? else {
+                return Ok(None);
+            };
+            if !valid_ifname(s.value) {
+                return Err(src.error_at(
+                    s.span,
+                    format!(
+                        "{key} '{}' is not a valid interface name ({IFNAME_RULE})",
+                        s.value
+                    ),
+                ));
+            }
+            Ok(Some(s.value.to_string()))
+        };
+        let bridge = ifname("bridge")?;
+        let tap = ifname("tap")?;
+        if bridge.is_none() && tap.is_none() {
+            return Err(src.error_at(
+                span,
+                "a [[net]] needs bridge = \"NAME\" (a bridge from host.toml) \
+                 or tap = \"NAME\" (an existing tap device)",
+            ));
+        }
+        if let Some(tap) = &tap {
+            if nets.iter().any(|n| n.tap.as_ref() == Some(tap)) {
+                let at = f.get("tap").map_or(span.clone(), |v| v.span());
+                return Err(src.error_at(at, format!("tap '{tap}' is used by two [[net]] entries")));
+            }
+        }
+        let (mac, mac_span) = match f.string("mac")? {
+            Some(s) => (mac_value(&f, &s)?, s.span),
+            None => (MacAddr::derive(name, i), span),
+        };
+        if nets.iter().any(|n| n.mac == mac) {
+            return Err(src.error_at(
+                mac_span,
+                format!("mac {mac} is used by two [[net]] entries of this guest"),
+            ));
+        }
+        nets.push(Net { bridge, tap, mac });
+    }
+    Ok(nets)
+}
+
+fn mac_value(f: &Fields<'_, '_, '_>, s: &Str<'_>) -> Result<MacAddr, ConfigError> {
+    let err = |msg: String| f.source().error_at(s.span.clone(), msg);
+    let mac: MacAddr = s
+        .value
+        .parse()
+        .map_err(|e| err(format!("mac '{}' is not a MAC address: {e}", s.value)))?;
+    if mac.is_multicast() {
+        return Err(err(format!(
+            "mac {mac} is a multicast address (the lowest bit of the first byte must be 0, \
+             e.g. 52:54:00:xx:xx:xx)"
+        )));
+    }
+    if mac.to_bytes() == [0; 6] {
+        return Err(err("mac 00:00:00:00:00:00 is not a usable address".into()));
+    }
+    Ok(mac)
+}
+
+fn lifecycle(f: &Fields<'_, '_, '_>) -> Result<Lifecycle, ConfigError> {
+    let d = Lifecycle::default();
+    let restart = match f.string("restart")? {
+        Some(s) => RestartPolicy::NAMES
+            .iter()
+            .find(|(n, _)| *n == s.value)
+            .map(|(_, p)| *p)
+            .ok_or_else(|| {
+                f.source().error_at(
+                    s.span,
+                    format!(
+                        "restart = \"{}\" is not a restart policy (allowed: always, on-failure, never)",
+                        s.value
+                    ),
+                )
+            })?,
+        None => d.restart,
+    };
+    Ok(Lifecycle {
+        restart,
+        autostart: f.boolean("autostart")?.unwrap_or(d.autostart),
+    })
+}
