@@ -1,0 +1,136 @@
+//! Options init takes from the kernel command line.
+
+use crate::probe::DeviceSpec;
+
+/// Label of the config partition when the command line names none.
+pub const DEFAULT_CONFIG_LABEL: &str = "HVCONFIG";
+
+/// Where the configuration comes from (`hv.config=`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigSource {
+    Device(DeviceSpec),
+    /// Fetched over the network. Parsed so the option is reserved, but
+    /// not supported by this init yet.
+    Url(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    pub config: ConfigSource,
+    /// `hv.debug`: log at debug level.
+    pub debug: bool,
+    /// Problems found while parsing, reported once logging is up.
+    pub warnings: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            config: ConfigSource::Device(DeviceSpec::Label(DEFAULT_CONFIG_LABEL.into())),
+            debug: false,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// Splits the command line the way the kernel does: on whitespace, with
+/// double quotes grouping (and being removed).
+fn words(cmdline: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    let mut in_word = false;
+    for c in cmdline.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            c => {
+                word.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    words
+}
+
+pub fn parse(cmdline: &str) -> Options {
+    let mut opts = Options::default();
+    for word in words(cmdline) {
+        let (key, value) = match word.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (word.as_str(), None),
+        };
+        match (key, value) {
+            ("hv.config", Some(v)) => {
+                if v.starts_with("http://") || v.starts_with("https://") {
+                    opts.config = ConfigSource::Url(v.to_string());
+                } else if let Some(spec) = DeviceSpec::parse(v) {
+                    opts.config = ConfigSource::Device(spec);
+                } else {
+                    opts.warnings.push(format!(
+                        "hv.config={v}: expected LABEL=x, PARTLABEL=x, UUID=x, /dev/... or \
+                         http://...; using LABEL={DEFAULT_CONFIG_LABEL}"
+                    ));
+                }
+            }
+            ("hv.debug", None) => opts.debug = true,
+            _ => {}
+        }
+    }
+    opts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_the_hvconfig_label() {
+        let opts = parse("console=ttyS0 panic=10");
+        assert_eq!(
+            opts.config,
+            ConfigSource::Device(DeviceSpec::Label("HVCONFIG".into()))
+        );
+        assert!(!opts.debug);
+        assert!(opts.warnings.is_empty());
+    }
+
+    #[test]
+    fn config_overrides() {
+        assert_eq!(
+            parse("quiet hv.config=LABEL=OTHER").config,
+            ConfigSource::Device(DeviceSpec::Label("OTHER".into()))
+        );
+        assert_eq!(
+            parse("hv.config=/dev/sdb1 hv.debug").config,
+            ConfigSource::Device(DeviceSpec::Path("/dev/sdb1".into()))
+        );
+        assert_eq!(
+            parse("hv.config=\"LABEL=MY STICK\"").config,
+            ConfigSource::Device(DeviceSpec::Label("MY STICK".into()))
+        );
+        assert_eq!(
+            parse("hv.config=http://10.0.0.1/hv/").config,
+            ConfigSource::Url("http://10.0.0.1/hv/".into())
+        );
+        assert!(parse("hv.debug").debug);
+    }
+
+    #[test]
+    fn bad_config_option_warns_and_keeps_default() {
+        let opts = parse("hv.config=sdb1");
+        assert_eq!(opts.config, Options::default().config);
+        assert_eq!(opts.warnings.len(), 1);
+    }
+}

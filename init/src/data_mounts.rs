@@ -1,0 +1,136 @@
+//! The `[[mount]]` entries of host.toml: data file systems mounted
+//! read-write for guests' disk images, unmounted again at shutdown.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use hvconfig::host::{Mount, MountSource};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use crate::discovery::{DEV_DIR, SYS_BLOCK};
+use crate::probe::{self, BlockDevice, DeviceSpec};
+
+pub fn spec_of(source: &MountSource) -> DeviceSpec {
+    match source {
+        MountSource::Label(l) => DeviceSpec::Label(l.clone()),
+        MountSource::PartLabel(l) => DeviceSpec::PartLabel(l.clone()),
+        MountSource::Uuid(u) => DeviceSpec::Uuid(u.clone()),
+        MountSource::Device(p) => DeviceSpec::Path(p.clone()),
+    }
+}
+
+/// Mounts every entry whose device is present and returns the mount
+/// points made, in order. `boot_disk` names the disk holding the config
+/// partition: nothing on it is mounted writable.
+pub fn mount_all(mounts: &[Mount], boot_disk: Option<&str>) -> Vec<PathBuf> {
+    let devices = probe::scan(Path::new(SYS_BLOCK), Path::new(DEV_DIR));
+    let mut done = Vec::new();
+    for m in mounts {
+        let spec = spec_of(&m.source);
+        match mount_one(m, &spec, &devices, boot_disk) {
+            Ok(fstype) => {
+                log::info!("mounted {spec} on {} ({fstype})", m.target.display());
+                done.push(m.target.clone());
+            }
+            Err(e) => log::error!("mount {spec} on {}: {e}", m.target.display()),
+        }
+    }
+    done
+}
+
+fn mount_one(
+    m: &Mount,
+    spec: &DeviceSpec,
+    devices: &[BlockDevice],
+    boot_disk: Option<&str>,
+) -> io::Result<String> {
+    let dev = probe::find(spec, devices)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such device"))?;
+    if boot_disk.is_some()
+        && (dev.disk.as_deref() == boot_disk || Some(dev.name.as_str()) == boot_disk)
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is on the boot medium, which is never written",
+                dev.node.display()
+            ),
+        ));
+    }
+    let fstype = match (&m.fstype, &dev.fs) {
+        (Some(t), _) => t.clone(),
+        (None, Some(fs)) => fs.fstype.mount_name().to_string(),
+        (None, None) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "no known file system on {}; give fstype",
+                    dev.node.display()
+                ),
+            ))
+        }
+    };
+    fs::create_dir_all(&m.target)?;
+    mount(
+        Some(dev.node.as_path()),
+        &m.target,
+        Some(fstype.as_str()),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(io::Error::from)?;
+    Ok(fstype)
+}
+
+/// Unmounts in reverse order. A busy file system is detached so the
+/// kernel finishes it once the last user is gone; sync has run before.
+pub fn unmount_all(targets: &[PathBuf]) {
+    for target in targets.iter().rev() {
+        if let Err(e) = umount2(target, MntFlags::empty()) {
+            log::warn!("unmount {}: {e}; detaching", target.display());
+            let _ = umount2(target, MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_map_to_device_specs() {
+        assert_eq!(
+            spec_of(&MountSource::Label("vmdata".into())),
+            DeviceSpec::Label("vmdata".into())
+        );
+        assert_eq!(
+            spec_of(&MountSource::Device("/dev/sdb2".into())),
+            DeviceSpec::Path("/dev/sdb2".into())
+        );
+    }
+
+    #[test]
+    fn the_boot_medium_is_never_mounted_writable() {
+        let devices = [BlockDevice {
+            name: "sda2".into(),
+            node: "/dev/sda2".into(),
+            disk: Some("sda".into()),
+            part_label: None,
+            fs: None,
+        }];
+        let m = Mount {
+            source: MountSource::Device("/dev/sda2".into()),
+            target: "/data".into(),
+            fstype: Some("ext4".into()),
+        };
+        let err = mount_one(&m, &spec_of(&m.source), &devices, Some("sda")).expect_err("refused");
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        let missing = Mount {
+            source: MountSource::Label("nothere".into()),
+            ..m
+        };
+        let err = mount_one(&missing, &spec_of(&missing.source), &devices, None).expect_err("none");
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
+}

@@ -1,0 +1,417 @@
+//! The guest table: each guest's definition, supervisor, taps, console
+//! pipes and log, and how its vmm is started.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use hvconfig::guest::DiskSource;
+use hvconfig::GuestConfig;
+
+use crate::cgroup;
+use crate::console::{ConsoleLog, LineSplitter, CONSOLE_LOG_CAP};
+use crate::discovery::{DEV_DIR, SYS_BLOCK};
+use crate::jail::{self, Bind, JailSpec};
+use crate::net::{self, Netlink};
+use crate::probe::{self, DeviceSpec};
+use crate::supervisor::{State, Supervisor};
+
+/// Fixed capacity of the guest table: bounded memory for PID 1.
+pub const MAX_GUESTS: usize = 64;
+/// Guest number N runs as uid/gid UID_BASE + N.
+pub const UID_BASE: u32 = 10_000;
+pub const VMM_PATH: &str = "/bin/vmm";
+pub const JAIL_DIR: &str = "/run/hv/jail";
+pub const GUESTS_RUN_DIR: &str = "/run/hv/guests";
+/// Device nodes every vmm needs; the rest of /dev stays out of the jail.
+const JAIL_DEVICES: [&str; 3] = ["/dev/kvm", "/dev/null", "/dev/urandom"];
+
+struct Tap {
+    name: String,
+    file: File,
+}
+
+/// Where and what the host may not let a guest write.
+pub struct StartContext<'a> {
+    pub netlink: Option<&'a mut Netlink>,
+    pub cgroup_base: Option<&'a Path>,
+    /// Kernel name of the disk that holds the config partition.
+    pub boot_disk: Option<&'a str>,
+    pub now: Instant,
+}
+
+/// The read ends of a started vmm's output pipes.
+pub struct Started {
+    pub stdout: File,
+    pub stderr: File,
+}
+
+pub struct Guest {
+    pub config: GuestConfig,
+    pub index: usize,
+    pub sup: Supervisor,
+    taps: Vec<Option<Tap>>,
+    pub stdout: Option<File>,
+    pub stderr: Option<File>,
+    out_lines: LineSplitter,
+    err_lines: LineSplitter,
+    log: Option<ConsoleLog>,
+}
+
+fn pipe() -> io::Result<(File, File)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 returns.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    let (r, w) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    // init reads from the event loop and must never block on a guest.
+    // SAFETY: fcntl on a valid fd.
+    unsafe {
+        let flags = libc::fcntl(r.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(r.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+    Ok((r, w))
+}
+
+impl Guest {
+    pub fn new(config: GuestConfig, index: usize) -> Guest {
+        let prefix = format!("[{}] ", config.name);
+        let err_prefix = format!("[{}] vmm: ", config.name);
+        let sup = Supervisor::new(config.lifecycle.restart);
+        let taps = config.nets.iter().map(|_| None).collect();
+        let log = Self::open_log(&config.name);
+        Guest {
+            config,
+            index,
+            sup,
+            taps,
+            stdout: None,
+            stderr: None,
+            out_lines: LineSplitter::new(&prefix),
+            err_lines: LineSplitter::new(&err_prefix),
+            log,
+        }
+    }
+
+    fn open_log(name: &str) -> Option<ConsoleLog> {
+        let dir = Path::new(GUESTS_RUN_DIR).join(name);
+        let opened = fs::create_dir_all(&dir)
+            .and_then(|()| ConsoleLog::create(&dir.join("console.log"), CONSOLE_LOG_CAP));
+        match opened {
+            Ok(log) => Some(log),
+            Err(e) => {
+                log::warn!("guest {name}: console log in {}: {e}", dir.display());
+                None
+            }
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn uid(&self) -> u32 {
+        UID_BASE + self.index as u32
+    }
+
+    /// One console line with the guest's state.
+    pub fn status_line(&self) -> String {
+        let state = self.sup.state();
+        let pid = state.pid().map_or("-".to_string(), |p| p.to_string());
+        let extra = match state {
+            State::BackingOff { until } => {
+                let wait = until.saturating_duration_since(Instant::now());
+                format!(", next start in {} s", wait.as_secs_f32().ceil() as u64)
+            }
+            _ => String::new(),
+        };
+        format!(
+            "guest {}: {}, restarts {}, pid {pid}{extra}",
+            self.config.name,
+            state.name(),
+            self.sup.restarts()
+        )
+    }
+
+    /// Creates the guest's taps (once; they outlive vmm restarts) and
+    /// puts them on their bridges.
+    fn ensure_taps(&mut self, nl: Option<&mut Netlink>) -> io::Result<()> {
+        let mut nl = nl;
+        for (i, (slot, net)) in self.taps.iter_mut().zip(&self.config.nets).enumerate() {
+            if slot.is_some() {
+                continue;
+            }
+            let name = net::tap_name(net.tap.as_deref(), &self.config.name, self.index, i);
+            let file = net::open_tap(&name)
+                .map_err(|e| io::Error::new(e.kind(), format!("tap {name}: {e}")))?;
+            match nl.as_deref_mut() {
+                Some(nl) => net::attach_tap(nl, &name, net.bridge.as_deref())
+                    .map_err(|e| io::Error::new(e.kind(), format!("tap {name}: {e}")))?,
+                None => return Err(io::Error::other("no netlink socket for taps")),
+            }
+            log::info!(
+                "guest {}: tap {name}{}",
+                self.config.name,
+                net.bridge
+                    .as_deref()
+                    .map(|b| format!(" on bridge {b}"))
+                    .unwrap_or_default()
+            );
+            *slot = Some(Tap { name, file });
+        }
+        Ok(())
+    }
+
+    /// Opens disk `i` for the vmm; block devices are opened exclusively
+    /// so a disk cannot be mounted on the host and used by a guest at once.
+    fn open_disk(&self, i: usize, boot_disk: Option<&str>) -> io::Result<File> {
+        let Some(disk) = self.config.disks.get(i) else {
+            return Err(io::Error::other("no such disk"));
+        };
+        let spec = match &disk.path {
+            DiskSource::Path(p) => DeviceSpec::Path(p.clone()),
+            DiskSource::Label(l) => DeviceSpec::Label(l.clone()),
+            DiskSource::PartLabel(l) => DeviceSpec::PartLabel(l.clone()),
+        };
+        let devices = probe::scan(Path::new(SYS_BLOCK), Path::new(DEV_DIR));
+        let found = probe::find(&spec, &devices);
+        let path: PathBuf = match (&spec, found) {
+            (_, Some(dev)) => dev.node.clone(),
+            (DeviceSpec::Path(p), None) => p.clone(),
+            (_, None) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("disk {spec}: no such device"),
+                ))
+            }
+        };
+        if let (Some(dev), Some(boot), false) = (found, boot_disk, disk.read_only) {
+            if dev.disk.as_deref() == Some(boot) || dev.name == boot {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("disk {spec} is on the boot medium; only read_only is allowed"),
+                ));
+            }
+        }
+        let is_block = fs::metadata(&path).is_ok_and(|m| m.file_type().is_block_device());
+        OpenOptions::new()
+            .read(true)
+            .write(!disk.read_only)
+            .custom_flags(if is_block && !disk.read_only {
+                libc::O_EXCL
+            } else {
+                0
+            })
+            .open(&path)
+            .map_err(|e| {
+                let hint = if e.raw_os_error() == Some(libc::EBUSY) {
+                    " (in use: mounted on the host or given to another guest)"
+                } else {
+                    ""
+                };
+                io::Error::new(e.kind(), format!("disk {}: {e}{hint}", path.display()))
+            })
+    }
+
+    /// Starts the vmm. On success the caller watches the returned pipes.
+    pub fn start(&mut self, ctx: &mut StartContext) -> io::Result<Started> {
+        self.ensure_taps(ctx.netlink.as_deref_mut())?;
+        let disks: Vec<File> = (0..self.config.disks.len())
+            .map(|i| self.open_disk(i, ctx.boot_disk))
+            .collect::<io::Result<_>>()?;
+        let cgroup = match ctx.cgroup_base {
+            Some(base) => Some(
+                cgroup::guest_group(
+                    base,
+                    &self.config.name,
+                    self.config.machine.memory_mib,
+                    self.config.machine.vcpus,
+                )
+                .map_err(|e| io::Error::new(e.kind(), format!("cgroup: {e}")))?,
+            ),
+            None => None,
+        };
+
+        let mut args = vec![
+            "vmm".to_string(),
+            "--guest".to_string(),
+            self.config.file.display().to_string(),
+        ];
+        let mut keep: Vec<RawFd> = Vec::new();
+        for (i, disk) in disks.iter().enumerate() {
+            args.push("--disk-fd".into());
+            args.push(format!("{i}={}", disk.as_raw_fd()));
+            keep.push(disk.as_raw_fd());
+        }
+        for (i, tap) in self.taps.iter().enumerate() {
+            if let Some(tap) = tap {
+                args.push("--tap-fd".into());
+                args.push(format!("{i}={}", tap.file.as_raw_fd()));
+                keep.push(tap.file.as_raw_fd());
+            }
+        }
+        let id = self.uid().to_string();
+        args.extend(["--uid".into(), id.clone(), "--gid".into(), id]);
+
+        let binds = self.binds()?;
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let null = jail::dev_null()?;
+        let root = Path::new(JAIL_DIR).join(&self.config.name);
+        let spec = JailSpec {
+            hostname: &self.config.name,
+            root: &root,
+            program: Path::new(VMM_PATH),
+            args: &args,
+            binds: &binds,
+            keep_fds: &keep,
+            stdin: null.as_raw_fd(),
+            stdout: out_w.as_raw_fd(),
+            stderr: err_w.as_raw_fd(),
+            cgroup: cgroup.as_ref().map(|c| c.as_raw_fd()),
+        };
+        let pid = jail::spawn(&spec)?;
+        // The child has its copies; init keeps only the read ends.
+        drop((out_w, err_w, null, disks, cgroup));
+        self.sup.spawned(pid, ctx.now);
+        let tap_names: Vec<&str> = self
+            .taps
+            .iter()
+            .flatten()
+            .map(|t| t.name.as_str())
+            .collect();
+        log::debug!(
+            "guest {}: vmm pid {pid}, uid {}, taps {tap_names:?}",
+            self.config.name,
+            self.uid()
+        );
+        Ok(Started {
+            stdout: out_r,
+            stderr: err_r,
+        })
+    }
+
+    /// The files the vmm may see, at their canonical paths.
+    fn binds(&self) -> io::Result<Vec<Bind>> {
+        let mut binds: Vec<Bind> = JAIL_DEVICES
+            .iter()
+            .filter(|d| Path::new(d).exists())
+            .map(|d| Bind::device(*d))
+            .collect();
+        let boot = &self.config.boot;
+        for file in [
+            Some(&self.config.file),
+            Some(&boot.kernel),
+            boot.initrd.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let canonical = fs::canonicalize(file)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", file.display())))?;
+            binds.push(Bind::file(canonical));
+        }
+        Ok(binds)
+    }
+
+    /// Reads what the vmm wrote. Guest lines go to the console (prefixed)
+    /// and raw to the console log; vmm log lines to the console only.
+    /// Returns true at end of file.
+    pub fn read_output(&mut self, stderr: bool, console: &mut ConsoleOut) -> bool {
+        let mut buf = [0u8; 16 * 1024];
+        let mut lines = Vec::new();
+        let mut eof = false;
+        loop {
+            let pipe = if stderr { &self.stderr } else { &self.stdout };
+            let Some(mut pipe) = pipe.as_ref() else {
+                return true;
+            };
+            match pipe.read(&mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    let data = buf.get(..n).unwrap_or_default();
+                    if stderr {
+                        self.err_lines.feed(data, &mut lines);
+                    } else {
+                        self.out_lines.feed(data, &mut lines);
+                        if let Some(log) = &mut self.log {
+                            if let Err(e) = log.append(data) {
+                                log::warn!("guest {}: console log: {e}", self.config.name);
+                                self.log = None;
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+            if lines.len() > buf.len() {
+                console.write(&lines);
+                lines.clear();
+            }
+        }
+        if eof {
+            if stderr {
+                self.err_lines.flush(&mut lines);
+                self.stderr = None;
+            } else {
+                self.out_lines.flush(&mut lines);
+                self.stdout = None;
+            }
+        }
+        console.write(&lines);
+        eof
+    }
+}
+
+/// The host console for guest output: non-blocking, so a slow serial
+/// line drops guest lines (they stay in console.log) instead of stalling
+/// PID 1.
+pub struct ConsoleOut {
+    file: Option<File>,
+    dropped: u64,
+}
+
+impl ConsoleOut {
+    pub fn open() -> ConsoleOut {
+        let file = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open("/dev/console")
+            .ok();
+        ConsoleOut { file, dropped: 0 }
+    }
+
+    pub fn write(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let Some(mut file) = self.file.as_ref() else {
+            let _ = io::stdout().write_all(data);
+            return;
+        };
+        let mut rest = data;
+        while !rest.is_empty() {
+            match file.write(rest) {
+                Ok(0) => break,
+                Ok(n) => rest = rest.get(n..).unwrap_or_default(),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        if !rest.is_empty() {
+            if self.dropped == 0 {
+                log::warn!("console too slow: guest output dropped (kept in {GUESTS_RUN_DIR}/NAME/console.log)");
+            }
+            self.dropped += rest.len() as u64;
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Log backend for PID 1: every record goes to the console (fd 2) and to
+//! the kernel ring buffer (/dev/kmsg), each prefixed with the time since boot.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::sync::OnceLock;
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+
+/// Longest record the kernel accepts from /dev/kmsg without truncating it
+/// itself; longer lines are cut here so one write stays one record.
+const KMSG_MAX: usize = 976;
+
+struct InitLogger {
+    kmsg: OnceLock<File>,
+}
+
+static LOGGER: InitLogger = InitLogger {
+    kmsg: OnceLock::new(),
+};
+
+/// Seconds and microseconds since boot, the same clock the kernel stamps
+/// its own messages with, so both streams line up on the console.
+pub fn uptime() -> (u64, u32) {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    if rc != 0 {
+        return (0, 0);
+    }
+    (ts.tv_sec as u64, (ts.tv_nsec / 1000) as u32)
+}
+
+fn level_tag(level: Level) -> &'static str {
+    match level {
+        Level::Error => "ERROR ",
+        Level::Warn => "WARN ",
+        Level::Info => "",
+        Level::Debug => "debug ",
+        Level::Trace => "trace ",
+    }
+}
+
+impl Log for InitLogger {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let (sec, usec) = uptime();
+        let tag = level_tag(record.level());
+        let line = format!("[{sec:5}.{usec:06}] init: {tag}{}\n", record.args());
+        // The console may be gone or wedged; PID 1 carries on regardless.
+        let _ = std::io::stderr().write_all(line.as_bytes());
+
+        if let Some(mut kmsg) = self.kmsg.get() {
+            // Priority 7 (debug) keeps the kernel from echoing the record
+            // to the console a second time; the level is in the text.
+            let text = format!("<7>init: {tag}{}", record.args());
+            let mut end = text.len().min(KMSG_MAX);
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            let _ = kmsg.write_all(text.as_bytes().get(..end).unwrap_or_default());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs the logger. Call after /dev and /proc are mounted; before
+/// that only the console receives records.
+pub fn init(level: LevelFilter) {
+    if let Ok(file) = OpenOptions::new().write(true).open("/dev/kmsg") {
+        let _ = LOGGER.kmsg.set(file);
+    }
+    // Userspace writes to /dev/kmsg are rate limited by default, which
+    // would silently drop boot-time records.
+    let _ = std::fs::write("/proc/sys/kernel/printk_devkmsg", "on\n");
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(level);
+    }
+}
