@@ -1,0 +1,151 @@
+//! Virtio 1.x devices behind the virtio-mmio (version 2) transport.
+//!
+//! # Processing model
+//!
+//! Every [`MmioTransport`] owns one worker thread, spawned by
+//! [`MmioTransport::new`] (so before any seccomp filter is installed) and
+//! joined when the transport is dropped. The vcpu thread only touches
+//! registers: a `QueueNotify` write becomes a write to that queue's
+//! [`EventFd`](vmm_sys_util::eventfd::EventFd) and returns at once. The
+//! worker runs an epoll loop over a control eventfd, the queue-notify
+//! eventfds and, for virtio-net, the tap fd; it pops descriptor chains,
+//! does the I/O, fills the used ring and writes the interrupt eventfd
+//! (a KVM irqfd). `DRIVER_OK` hands the validated queues to the worker;
+//! a device reset takes them back synchronously, so after the status
+//! register reads 0 the worker no longer touches guest memory.
+//!
+//! A guest that breaks the virtqueue rules (bad ring index, used-ring
+//! head out of range, queue layout outside its memory, ...) gets
+//! `DEVICE_NEEDS_RESET` plus a configuration-change interrupt, and that
+//! device stops processing until the driver resets it. Malformed single
+//! requests only fail that request (`VIRTIO_BLK_S_IOERR`, dropped frame).
+//! Work per wake-up is bounded (`queue::MAX_CHAINS_PER_EVENT`) so a
+//! guest that keeps refilling a queue cannot starve a reset.
+//!
+//! The notify eventfds may also be registered as KVM ioeventfds
+//! (address `base + 0x50`, 4 bytes, datamatch = queue index; see
+//! [`MmioTransport::queue_notify_eventfds`]); the worker copes with
+//! notifications arriving before `DRIVER_OK` either way.
+//!
+//! # System calls made by the worker threads
+//!
+//! For a seccomp allow-list (apply it with TSYNC: the threads already
+//! exist when the filter is installed). Checked with strace on the tests:
+//! - all devices: `epoll_pwait` (musl) / `epoll_wait` (glibc), `epoll_ctl`,
+//!   `read` and `write` (eventfds, tap, log lines on stderr), `futex`,
+//!   memory management for per-request buffers (`mmap`, `munmap`,
+//!   `mremap`, `brk`, `madvise`); when the transport is dropped the thread
+//!   also runs `close`, `sigaltstack`, `rt_sigprocmask`, `munmap`,
+//!   `madvise` and `exit`.
+//! - virtio-blk: `pread64`, `pwrite64`, `fdatasync`.
+//! - virtio-rng: `getrandom`.
+//! - virtio-net: nothing beyond the list above (`read`/`write` on the tap).
+//!
+//! The vcpu thread additionally needs `write` (notify/control eventfds) and
+//! `futex` (the reset handshake) when it touches a transport.
+
+mod block;
+mod complaints;
+mod interrupt;
+mod mmio;
+mod net;
+mod queue;
+mod rng;
+mod tap;
+mod worker;
+
+/// Shared with the fuzz target, which includes this file directly.
+#[cfg(test)]
+pub(crate) mod fuzz_driver;
+#[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
+mod testing;
+
+use std::fmt;
+
+pub use block::Block;
+pub use mmio::MmioTransport;
+pub use net::Net;
+pub use queue::QueueContext;
+pub use rng::Rng;
+pub use tap::Tap;
+
+/// One virtio device model: identity, features and configuration space.
+/// The queue processing lives in the [`QueueProcessor`] it hands out, which
+/// runs on the transport's worker thread.
+pub trait VirtioDevice: Send {
+    /// Virtio device ID (`VIRTIO_ID_*`).
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Device-specific feature bits offered; the transport adds
+    /// `VIRTIO_F_VERSION_1`.
+    fn features(&self) -> u64;
+    /// Reads from the device configuration space. Bytes past its end read 0.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes to the device configuration space; our devices have no
+    /// writable fields, so the default ignores the write.
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        log::debug!(
+            "virtio: ignored {}-byte config write at {:#x}",
+            data.len(),
+            offset
+        );
+    }
+    /// Creates the queue processor; called once by the transport.
+    fn processor(&mut self) -> Box<dyn QueueProcessor>;
+}
+
+/// The half of a device that runs on the worker thread.
+pub trait QueueProcessor: Send {
+    /// The driver reached `DRIVER_OK` with these acknowledged features.
+    fn activate(&mut self, _features: u64) {}
+    /// Queue `index` was notified (or has leftover work).
+    fn process_queue(&mut self, index: usize, ctx: &mut QueueContext) -> Result<(), DeviceError>;
+    /// A host fd to poll for input (the tap for virtio-net).
+    fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+    /// Whether the backend fd should be polled right now (false while a
+    /// received frame waits for guest buffers, to avoid spinning).
+    fn wants_backend_events(&self) -> bool {
+        false
+    }
+    /// The backend fd became readable.
+    fn backend_ready(&mut self, _ctx: &mut QueueContext) -> Result<(), DeviceError> {
+        Ok(())
+    }
+    /// The driver reset the device: forget per-activation state.
+    fn reset(&mut self) {}
+}
+
+/// The driver broke the virtqueue contract; the device needs a reset.
+#[derive(Debug)]
+pub enum DeviceError {
+    /// The virtqueue itself is unusable.
+    Queue(virtio_queue::Error),
+}
+
+impl fmt::Display for DeviceError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            DeviceError::Queue(e) => write!(f, "virtqueue error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for DeviceError {}
+
+/// Copies `data.len()` bytes of `config` starting at `offset`, zero-filling
+/// whatever lies past its end.
+pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = config.get(start..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}

@@ -1,0 +1,294 @@
+//! The per-device worker: owns the queues while the device is active and
+//! runs the device's queue processor, on its own thread (or inline, for the
+//! fuzz driver).
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::interrupt::Interrupt;
+use super::queue::QueueContext;
+use super::QueueProcessor;
+
+pub(crate) enum Command {
+    Activate { queues: Vec<Queue>, features: u64 },
+    StopQueue(usize, SyncSender<()>),
+    Reset(SyncSender<()>),
+    Exit,
+}
+
+/// Device state that lives on the worker side.
+pub(crate) struct Worker {
+    name: &'static str,
+    mem: GuestMemoryMmap,
+    processor: Box<dyn QueueProcessor>,
+    interrupt: Arc<Interrupt>,
+    /// `Some` between activation and reset, and only while not broken.
+    queues: Option<Vec<Queue>>,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        name: &'static str,
+        mem: GuestMemoryMmap,
+        processor: Box<dyn QueueProcessor>,
+        interrupt: Arc<Interrupt>,
+    ) -> Self {
+        Worker {
+            name,
+            mem,
+            processor,
+            interrupt,
+            queues: None,
+        }
+    }
+
+    pub(crate) fn activate(&mut self, queues: Vec<Queue>, features: u64) -> u64 {
+        self.processor.activate(features);
+        let count = queues.len();
+        self.queues = Some(queues);
+        // Kicks sent before DRIVER_OK were dropped: look at every queue once.
+        let mut leftover = 0;
+        for index in 0..count {
+            leftover |= self.queue_notified(index);
+        }
+        leftover
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.queues = None;
+        self.processor.reset();
+    }
+
+    /// The driver wrote 0 to QueueReady of a running queue: never touch
+    /// that queue again (until the next activation).
+    pub(crate) fn stop_queue(&mut self, index: usize) {
+        if let Some(queue) = self.queues.as_mut().and_then(|q| q.get_mut(index)) {
+            queue.set_ready(false);
+        }
+    }
+
+    pub(crate) fn is_active(&self) -> bool {
+        self.queues.is_some()
+    }
+
+    /// Handles a notification of queue `index`; returns the queues that
+    /// still have work (see [`QueueContext::leftover`]).
+    pub(crate) fn queue_notified(&mut self, index: usize) -> u64 {
+        self.run(|processor, ctx| processor.process_queue(index, ctx))
+    }
+
+    pub(crate) fn backend_ready(&mut self) -> u64 {
+        self.run(|processor, ctx| processor.backend_ready(ctx))
+    }
+
+    fn run<F>(&mut self, f: F) -> u64
+    where
+        F: FnOnce(&mut dyn QueueProcessor, &mut QueueContext) -> Result<(), super::DeviceError>,
+    {
+        let Some(queues) = self.queues.as_mut() else {
+            return 0;
+        };
+        let mut ctx = QueueContext::new(&self.mem, queues);
+        let result = f(self.processor.as_mut(), &mut ctx);
+        let (used, leftover) = (ctx.used_added(), ctx.leftover());
+        if used {
+            self.interrupt.signal_used();
+        }
+        match result {
+            Ok(()) => leftover,
+            Err(e) => {
+                log::warn!("{}: {e}; device needs reset", self.name);
+                self.queues = None;
+                self.interrupt.mark_broken();
+                0
+            }
+        }
+    }
+
+    fn wants_backend_events(&self) -> bool {
+        self.is_active() && self.processor.wants_backend_events()
+    }
+}
+
+const CONTROL_TOKEN: u64 = 0;
+const BACKEND_TOKEN: u64 = 1;
+const FIRST_QUEUE_TOKEN: u64 = 2;
+
+/// Handle to a worker running on its own thread.
+pub(crate) struct WorkerThread {
+    commands: mpsc::Sender<Command>,
+    control: EventFd,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl WorkerThread {
+    /// Spawns the thread; `notifiers` are the queue-notify eventfds
+    /// (index = queue index).
+    pub(crate) fn spawn(worker: Worker, notifiers: Vec<EventFd>) -> io::Result<Self> {
+        let control = EventFd::new(EFD_NONBLOCK)?;
+        let epoll = Epoll::new()?;
+        add(&epoll, control.as_raw_fd(), CONTROL_TOKEN, EventSet::IN)?;
+        for (i, evt) in notifiers.iter().enumerate() {
+            add(
+                &epoll,
+                evt.as_raw_fd(),
+                FIRST_QUEUE_TOKEN + i as u64,
+                EventSet::IN,
+            )?;
+        }
+        if let Some(fd) = worker.processor.backend_fd() {
+            // Registered idle; enabled while the device is active.
+            add(&epoll, fd, BACKEND_TOKEN, EventSet::empty())?;
+        }
+        let (commands, receiver) = mpsc::channel();
+        let thread_control = control.try_clone()?;
+        let handle = thread::Builder::new()
+            .name(format!("{}-worker", worker.name))
+            .spawn(move || run_loop(worker, epoll, thread_control, receiver, notifiers))?;
+        Ok(WorkerThread {
+            commands,
+            control,
+            handle: Some(handle),
+        })
+    }
+
+    fn send(&self, command: Command) -> bool {
+        if self.commands.send(command).is_err() {
+            return false;
+        }
+        if let Err(e) = self.control.write(1) {
+            log::error!("virtio: cannot wake worker: {e}");
+            return false;
+        }
+        true
+    }
+
+    pub(crate) fn activate(&self, queues: Vec<Queue>, features: u64) {
+        self.send(Command::Activate { queues, features });
+    }
+
+    /// Returns once the worker has dropped its queues.
+    pub(crate) fn reset(&self) {
+        self.call(Command::Reset);
+    }
+
+    /// Returns once the worker no longer uses queue `index`.
+    pub(crate) fn stop_queue(&self, index: usize) {
+        self.call(|ack| Command::StopQueue(index, ack));
+    }
+
+    /// Sends a command and waits until the worker has carried it out.
+    fn call(&self, command: impl FnOnce(SyncSender<()>) -> Command) {
+        let (ack, done) = mpsc::sync_channel(1);
+        if self.send(command(ack)) {
+            // Fails only if the worker thread is gone, which is just as good.
+            let _ = done.recv();
+        }
+    }
+}
+
+impl Drop for WorkerThread {
+    fn drop(&mut self) {
+        self.send(Command::Exit);
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn add(epoll: &Epoll, fd: RawFd, token: u64, events: EventSet) -> io::Result<()> {
+    epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(events, token))
+}
+
+fn run_loop(
+    mut worker: Worker,
+    epoll: Epoll,
+    control: EventFd,
+    commands: Receiver<Command>,
+    notifiers: Vec<EventFd>,
+) {
+    let backend = worker.processor.backend_fd();
+    let mut backend_polled = false;
+    let mut events = [EpollEvent::default(); 8];
+    loop {
+        let count = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::error!("{}: epoll failed: {e}; device stopped", worker.name);
+                worker.reset();
+                worker.interrupt.mark_broken();
+                return;
+            }
+        };
+        let mut leftover = 0u64;
+        for event in &events[..count] {
+            match event.data() {
+                CONTROL_TOKEN => {
+                    let _ = control.read();
+                    loop {
+                        match commands.try_recv() {
+                            Ok(Command::Activate { queues, features }) => {
+                                leftover |= worker.activate(queues, features);
+                            }
+                            Ok(Command::StopQueue(index, ack)) => {
+                                worker.stop_queue(index);
+                                let _ = ack.send(());
+                            }
+                            Ok(Command::Reset(ack)) => {
+                                worker.reset();
+                                leftover = 0;
+                                let _ = ack.send(());
+                            }
+                            Ok(Command::Exit) | Err(TryRecvError::Disconnected) => return,
+                            Err(TryRecvError::Empty) => break,
+                        }
+                    }
+                }
+                BACKEND_TOKEN => leftover |= worker.backend_ready(),
+                token => {
+                    let index = (token - FIRST_QUEUE_TOKEN) as usize;
+                    if let Some(evt) = notifiers.get(index) {
+                        // Drain the counter even when inactive: early kicks
+                        // must not keep the fd readable forever.
+                        let _ = evt.read();
+                        leftover |= worker.queue_notified(index);
+                    }
+                }
+            }
+        }
+        // Unfinished queues get their notifier re-armed so they are picked up
+        // again after anything else that is pending.
+        for (index, evt) in notifiers.iter().enumerate() {
+            if index < 64 && leftover & (1 << index) != 0 {
+                let _ = evt.write(1);
+            }
+        }
+        if let Some(fd) = backend {
+            let wanted = worker.wants_backend_events();
+            if wanted != backend_polled {
+                let events = if wanted {
+                    EventSet::IN
+                } else {
+                    EventSet::empty()
+                };
+                match epoll.ctl(
+                    ControlOperation::Modify,
+                    fd,
+                    EpollEvent::new(events, BACKEND_TOKEN),
+                ) {
+                    Ok(()) => backend_polled = wanted,
+                    Err(e) => log::error!("{}: cannot update backend polling: {e}", worker.name),
+                }
+            }
+        }
+    }
+}
