@@ -6,19 +6,26 @@ use std::path::{Path, PathBuf};
 use crate::budget::{self, MIB};
 use crate::checksums;
 use crate::cli::BuildArgs;
-use crate::disk::{self, Partition, BASIC_DATA_TYPE, ESP_TYPE};
+use crate::disk::{
+    self, Partition, BASIC_DATA_TYPE, BOOT_CODE_SIZE, ESP_TYPE, LEGACY_BIOS_BOOTABLE,
+};
 use crate::epoch::{self, FatClock};
 use crate::fat::{self, FatFile, VolumeSpec};
 use crate::ids::Ids;
 use crate::initramfs;
 use crate::inputs::{self, Kind};
 use crate::report::{self, SizeReport};
+use crate::syslinux;
 
 const LOADER_CONF: &str = include_str!("../assets/loader.conf");
 const LOADER_ENTRY: &str = include_str!("../assets/hv.conf");
 const HOST_TOML: &str = include_str!("../assets/host.toml");
 const EXAMPLE_GUEST_TOML: &str = include_str!("../assets/example.toml");
 const CONFIG_README: &str = include_str!("../assets/README.txt");
+const SYSLINUX_CFG: &str = include_str!("../assets/syslinux.cfg");
+const PXELINUX_CFG: &str = include_str!("../assets/pxelinux.cfg");
+const BOOT_IPXE: &str = include_str!("../assets/boot.ipxe");
+const PXE_README_TEXT: &str = include_str!("../assets/pxe-README.txt");
 
 /// Label of the config partition, which init looks for.
 pub const CONFIG_LABEL: &str = "HVCONFIG";
@@ -35,6 +42,11 @@ const CONFIG_SLACK: u64 = MIB;
 pub const IMAGE: &str = "hv.img";
 pub const PXE_KERNEL: &str = "pxe/vmlinuz";
 pub const PXE_INITRD: &str = "pxe/initrd.img";
+pub const PXE_IPXE_SCRIPT: &str = "pxe/boot.ipxe";
+pub const PXE_PXELINUX: &str = "pxe/pxelinux.0";
+pub const PXE_LDLINUX: &str = "pxe/ldlinux.c32";
+pub const PXE_PXELINUX_CFG: &str = "pxe/pxelinux.cfg/default";
+pub const PXE_README: &str = "pxe/README.txt";
 pub const SUMS: &str = "SHA256SUMS";
 pub const REPORT: &str = "size-report.json";
 
@@ -45,6 +57,9 @@ struct Inputs {
     guest_kernel: inputs::Input,
     busybox: inputs::Input,
     efi_loader: inputs::Input,
+    gptmbr: inputs::Input,
+    ldlinux_c32: inputs::Input,
+    pxelinux: inputs::Input,
 }
 
 impl Inputs {
@@ -56,6 +71,9 @@ impl Inputs {
             guest_kernel: inputs::read("guest kernel", &args.guest_kernel, Kind::Kernel)?,
             busybox: inputs::read("busybox", &args.busybox, Kind::StaticExecutable)?,
             efi_loader: inputs::read("EFI loader", &args.efi_loader, Kind::EfiApplication)?,
+            gptmbr: inputs::read("MBR boot code", &args.gptmbr(), Kind::MbrBootCode)?,
+            ldlinux_c32: inputs::read("syslinux core", &args.ldlinux_c32(), Kind::Com32Module)?,
+            pxelinux: inputs::read("pxelinux", &args.pxelinux, Kind::Pxelinux)?,
         })
     }
 
@@ -69,6 +87,9 @@ impl Inputs {
                 ("guest-kernel", &self.guest_kernel.data),
                 ("busybox", &self.busybox.data),
                 ("efi-loader", &self.efi_loader.data),
+                ("gptmbr", &self.gptmbr.data),
+                ("ldlinux-c32", &self.ldlinux_c32.data),
+                ("pxelinux", &self.pxelinux.data),
             ],
         )
     }
@@ -92,7 +113,7 @@ pub fn build(args: &BuildArgs) -> Result<SizeReport, String> {
     let guest_initrd = initramfs::example_guest(&inputs.busybox.data, mtime)
         .map_err(|e| format!("example guest initramfs: {e}"))?;
 
-    let esp = fat::build(
+    let mut esp = fat::build(
         &[
             FatFile {
                 path: "EFI/BOOT/BOOTX64.EFI",
@@ -114,15 +135,22 @@ pub fn build(args: &BuildArgs) -> Result<SizeReport, String> {
                 path: "initrd.img",
                 data: &host_initrd,
             },
+            FatFile {
+                path: syslinux::CONFIG,
+                data: SYSLINUX_CFG.as_bytes(),
+            },
         ],
         &VolumeSpec {
             label: ESP_LABEL,
             volume_id: ids.volume_id("esp"),
             min_size: MIB,
-            slack: ESP_SLACK,
+            slack: ESP_SLACK + syslinux::ROOM,
         },
         clock,
     )?;
+    let bios = syslinux::install(&args.syslinux, &mut esp.bytes, epoch, clock)
+        .map_err(|e| format!("ESP: {e}"))?;
+    esp.used = bios.used;
     let config = fat::build(
         &[
             FatFile {
@@ -155,19 +183,25 @@ pub fn build(args: &BuildArgs) -> Result<SizeReport, String> {
         clock,
     )?;
 
+    let boot_code: &[u8; BOOT_CODE_SIZE] = inputs.gptmbr.data[..]
+        .try_into()
+        .map_err(|_| "MBR boot code: wrong size".to_string())?;
     let image = disk::assemble(
         ids.guid("disk"),
+        boot_code,
         &[
             Partition {
                 name: "EFI system partition",
                 type_guid: ESP_TYPE,
                 guid: ids.guid("esp"),
+                attributes: LEGACY_BIOS_BOOTABLE,
                 data: &esp.bytes,
             },
             Partition {
                 name: CONFIG_LABEL,
                 type_guid: BASIC_DATA_TYPE,
                 guid: ids.guid("config"),
+                attributes: 0,
                 data: &config.bytes,
             },
         ],
@@ -179,6 +213,9 @@ pub fn build(args: &BuildArgs) -> Result<SizeReport, String> {
         init: inputs.init.data.len() as u64,
         vmm: inputs.vmm.data.len() as u64,
         efi_loader: inputs.efi_loader.data.len() as u64,
+        bios_loader: bios.loader,
+        mbr_boot_code: BOOT_CODE_SIZE as u64,
+        pxe_loader: (inputs.pxelinux.data.len() + inputs.ldlinux_c32.data.len()) as u64,
         guest_kernel: inputs.guest_kernel.data.len() as u64,
         guest_initramfs: guest_initrd.len() as u64,
         esp: report::Partition {
@@ -200,23 +237,30 @@ pub fn build(args: &BuildArgs) -> Result<SizeReport, String> {
     out.write(REPORT, json.as_bytes())?;
     print!("{report}");
 
+    // Sorted by path, the order SHA256SUMS lists them in.
+    let files: [(&str, &[u8]); 8] = [
+        (IMAGE, &image.bytes),
+        (PXE_README, PXE_README_TEXT.as_bytes()),
+        (PXE_IPXE_SCRIPT, BOOT_IPXE.as_bytes()),
+        (PXE_INITRD, &host_initrd),
+        (PXE_LDLINUX, &inputs.ldlinux_c32.data),
+        (PXE_PXELINUX, &inputs.pxelinux.data),
+        (PXE_PXELINUX_CFG, PXELINUX_CFG.as_bytes()),
+        (PXE_KERNEL, &inputs.host_kernel.data),
+    ];
     let image_path = out.path(IMAGE);
     if let Err(over) = budget::check(&image_path.display().to_string(), report.total, budget) {
-        for stale in [IMAGE, PXE_KERNEL, PXE_INITRD, SUMS] {
+        for (stale, _) in files {
             out.remove(stale)?;
         }
+        out.remove(SUMS)?;
         return Err(format!("{over}; nothing but {REPORT} was written"));
     }
 
-    out.write(IMAGE, &image.bytes)?;
-    out.write(PXE_KERNEL, &inputs.host_kernel.data)?;
-    out.write(PXE_INITRD, &host_initrd)?;
-    let sums = checksums::sums(&[
-        (IMAGE, &image.bytes),
-        (PXE_INITRD, &host_initrd),
-        (PXE_KERNEL, &inputs.host_kernel.data),
-    ]);
-    out.write(SUMS, sums.as_bytes())?;
+    for (path, data) in files {
+        out.write(path, data)?;
+    }
+    out.write(SUMS, checksums::sums(&files).as_bytes())?;
     println!("wrote {} ({} bytes)", image_path.display(), report.total);
     Ok(report)
 }
@@ -309,5 +353,53 @@ mod tests {
         assert!(LOADER_ENTRY.lines().any(|l| l == "linux /vmlinuz"));
         assert!(LOADER_ENTRY.lines().any(|l| l == "initrd /initrd.img"));
         assert!(LOADER_CONF.lines().any(|l| l == "default hv.conf"));
+    }
+
+    /// The options line of the systemd-boot entry, which every other boot
+    /// path must repeat.
+    fn cmdline() -> &'static str {
+        LOADER_ENTRY
+            .lines()
+            .find_map(|l| l.strip_prefix("options "))
+            .unwrap()
+    }
+
+    #[test]
+    fn every_boot_path_uses_the_same_cmdline() {
+        let append = |cfg: &'static str| {
+            cfg.lines()
+                .find_map(|l| l.trim().strip_prefix("APPEND "))
+                .unwrap()
+        };
+        assert_eq!(append(SYSLINUX_CFG), cmdline());
+        assert_eq!(append(PXELINUX_CFG), format!("{} ip=dhcp", cmdline()));
+        let kernel = BOOT_IPXE
+            .lines()
+            .find(|l| l.starts_with("kernel "))
+            .unwrap();
+        assert!(
+            kernel.contains(&format!(" {} ip=dhcp ", cmdline())),
+            "{kernel}"
+        );
+    }
+
+    #[test]
+    fn syslinux_configs_are_well_formed() {
+        // SERIAL only takes effect as the first directive.
+        assert!(SYSLINUX_CFG.starts_with("SERIAL 0 115200\n"));
+        assert!(PXELINUX_CFG.starts_with("SERIAL 0 115200\n"));
+        for cfg in [SYSLINUX_CFG, PXELINUX_CFG] {
+            let directives: Vec<&str> = cfg
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .collect();
+            assert!(directives.contains(&"DEFAULT hv"));
+            assert!(directives.contains(&"LABEL hv"));
+        }
+        assert!(SYSLINUX_CFG.contains("LINUX /vmlinuz\n  INITRD /initrd.img\n"));
+        assert!(PXELINUX_CFG.contains("KERNEL vmlinuz\n  INITRD initrd.img\n"));
+        assert!(BOOT_IPXE.starts_with("#!ipxe\n"));
+        assert!(BOOT_IPXE.contains("\ninitrd initrd.img\nboot\n"));
     }
 }

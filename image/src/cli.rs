@@ -7,13 +7,25 @@ pub const USAGE: &str = "\
 usage:
   hv-image build --out DIR --host-kernel BZIMAGE --init BIN --vmm BIN
                  --guest-kernel BZIMAGE --busybox BIN --efi-loader EFI
-                 [--budget BYTES]
+                 [--budget BYTES] [--syslinux BIN] [--syslinux-dir DIR]
+                 [--pxelinux FILE]
   hv-image kconfig-check ARGS...
 
-build writes DIR/hv.img, DIR/pxe/{vmlinuz,initrd.img}, DIR/SHA256SUMS and
-DIR/size-report.json. The size budget (default and maximum 64M) comes from
---budget or HV_SIZE_BUDGET and accepts K/M/G (1024-based) or kB/MB/GB.
-Timestamps come from SOURCE_DATE_EPOCH when set.";
+build writes DIR/hv.img, DIR/pxe/ (vmlinuz, initrd.img, boot.ipxe,
+pxelinux.0, ldlinux.c32, pxelinux.cfg/default, README.txt), DIR/SHA256SUMS
+and DIR/size-report.json. The size budget (default and maximum 64M) comes
+from --budget or HV_SIZE_BUDGET and accepts K/M/G (1024-based) or kB/MB/GB.
+Timestamps come from SOURCE_DATE_EPOCH when set.
+
+The legacy BIOS boot path uses Debian's syslinux packages: --syslinux is the
+installer (default /usr/bin/syslinux, package syslinux), --syslinux-dir holds
+mbr/gptmbr.bin and modules/bios/ldlinux.c32 (default /usr/lib/syslinux,
+package syslinux-common), --pxelinux is pxelinux.0 (default
+/usr/lib/PXELINUX/pxelinux.0, package pxelinux).";
+
+pub const DEFAULT_SYSLINUX: &str = "/usr/bin/syslinux";
+pub const DEFAULT_SYSLINUX_DIR: &str = "/usr/lib/syslinux";
+pub const DEFAULT_PXELINUX: &str = "/usr/lib/PXELINUX/pxelinux.0";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildArgs {
@@ -26,6 +38,24 @@ pub struct BuildArgs {
     pub efi_loader: PathBuf,
     /// Unparsed; the budget module owns the syntax.
     pub budget: Option<String>,
+    /// The syslinux installer (mtools variant).
+    pub syslinux: PathBuf,
+    /// syslinux-common's library directory.
+    pub syslinux_dir: PathBuf,
+    pub pxelinux: PathBuf,
+}
+
+impl BuildArgs {
+    /// The GPT-aware MBR boot code.
+    pub fn gptmbr(&self) -> PathBuf {
+        self.syslinux_dir.join("mbr/gptmbr.bin")
+    }
+
+    /// The core module pxelinux.0 loads; it must come from the same
+    /// syslinux release as pxelinux.0, as Debian's packages do.
+    pub fn ldlinux_c32(&self) -> PathBuf {
+        self.syslinux_dir.join("modules/bios/ldlinux.c32")
+    }
 }
 
 /// Parses the arguments that follow `build`.
@@ -40,6 +70,9 @@ pub fn parse_build(args: &[OsString]) -> Result<BuildArgs, String> {
     let mut busybox = None;
     let mut efi_loader = None;
     let mut budget = None;
+    let mut syslinux = None;
+    let mut syslinux_dir = None;
+    let mut pxelinux = None;
 
     let mut parser = lexopt::Parser::from_args(args.iter().cloned());
     let error = |e: lexopt::Error| format!("build: {e}");
@@ -52,6 +85,9 @@ pub fn parse_build(args: &[OsString]) -> Result<BuildArgs, String> {
             Long("guest-kernel") => &mut guest_kernel,
             Long("busybox") => &mut busybox,
             Long("efi-loader") => &mut efi_loader,
+            Long("syslinux") => &mut syslinux,
+            Long("syslinux-dir") => &mut syslinux_dir,
+            Long("pxelinux") => &mut pxelinux,
             Long("budget") => {
                 let value = parser.value().map_err(error)?;
                 let text = value
@@ -77,6 +113,9 @@ pub fn parse_build(args: &[OsString]) -> Result<BuildArgs, String> {
         busybox: required(busybox, "--busybox")?,
         efi_loader: required(efi_loader, "--efi-loader")?,
         budget,
+        syslinux: syslinux.unwrap_or_else(|| DEFAULT_SYSLINUX.into()),
+        syslinux_dir: syslinux_dir.unwrap_or_else(|| DEFAULT_SYSLINUX_DIR.into()),
+        pxelinux: pxelinux.unwrap_or_else(|| DEFAULT_PXELINUX.into()),
     })
 }
 
@@ -99,6 +138,22 @@ mod tests {
         assert_eq!(parsed.guest_kernel, PathBuf::from("gk"));
         assert_eq!(parsed.efi_loader, PathBuf::from("efi"));
         assert_eq!(parsed.budget.as_deref(), Some("48M"));
+        assert_eq!(parsed.syslinux, PathBuf::from(DEFAULT_SYSLINUX));
+        assert_eq!(
+            parsed.gptmbr(),
+            PathBuf::from("/usr/lib/syslinux/mbr/gptmbr.bin")
+        );
+        assert_eq!(parsed.pxelinux, PathBuf::from(DEFAULT_PXELINUX));
+        let custom = parse_build(&args(&format!(
+            "{FULL} --syslinux sl --syslinux-dir sd --pxelinux px"
+        )))
+        .unwrap();
+        assert_eq!(custom.syslinux, PathBuf::from("sl"));
+        assert_eq!(
+            custom.ldlinux_c32(),
+            PathBuf::from("sd/modules/bios/ldlinux.c32")
+        );
+        assert_eq!(custom.pxelinux, PathBuf::from("px"));
         let equals = parse_build(&args(&format!("{FULL} --budget=1M"))).unwrap();
         assert_eq!(equals.budget.as_deref(), Some("1M"));
     }

@@ -20,6 +20,14 @@ pub const BASIC_DATA_TYPE: [u8; 16] = [
     0xa2, 0xa0, 0xd0, 0xeb, 0xe5, 0xb9, 0x33, 0x44, 0x87, 0xc0, 0x68, 0xb6, 0xb7, 0x26, 0x99, 0xc7,
 ];
 
+/// GPT partition attribute bit 2, "legacy BIOS bootable": the partition
+/// syslinux's GPT-aware MBR code (gptmbr.bin) chain-loads.
+pub const LEGACY_BIOS_BOOTABLE: u64 = 1 << 2;
+
+/// The MBR's boot code area, in front of the disk signature and the
+/// partition table.
+pub const BOOT_CODE_SIZE: usize = 440;
+
 /// The first partition starts at 1 MiB, the usual alignment for flash media.
 const FIRST_PARTITION_OFFSET: u64 = MIB;
 
@@ -31,6 +39,8 @@ pub struct Partition<'a> {
     pub name: &'a str,
     pub type_guid: [u8; 16],
     pub guid: [u8; 16],
+    /// GPT attribute bits, e.g. [`LEGACY_BIOS_BOOTABLE`].
+    pub attributes: u64,
     /// Contents; the length must be a multiple of 1 MiB to keep the next
     /// partition aligned.
     pub data: &'a [u8],
@@ -49,8 +59,15 @@ pub struct Disk {
 }
 
 /// Lays the partitions out back to back from 1 MiB and ends the disk right
-/// after the backup GPT, so the image carries no unused tail.
-pub fn assemble(disk_guid: [u8; 16], partitions: &[Partition<'_>]) -> Result<Disk, String> {
+/// after the backup GPT, so the image carries no unused tail. `boot_code`
+/// is what a legacy BIOS runs from the MBR. The protective partition is not
+/// marked active: the UEFI specification wants it that way, and firmware
+/// that insists on an active partition is documented in docs/boot-media.md.
+pub fn assemble(
+    disk_guid: [u8; 16],
+    boot_code: &[u8; BOOT_CODE_SIZE],
+    partitions: &[Partition<'_>],
+) -> Result<Disk, String> {
     let mut placements = Vec::with_capacity(partitions.len());
     let mut offset = FIRST_PARTITION_OFFSET;
     for partition in partitions {
@@ -75,7 +92,7 @@ pub fn assemble(disk_guid: [u8; 16], partitions: &[Partition<'_>]) -> Result<Dis
             unique_partition_guid: partition.guid,
             starting_lba: place.offset / SECTOR,
             ending_lba: (place.offset + place.size) / SECTOR - 1,
-            attribute_bits: 0,
+            attribute_bits: partition.attributes,
             partition_name: partition.name.into(),
         };
     }
@@ -83,6 +100,7 @@ pub fn assemble(disk_guid: [u8; 16], partitions: &[Partition<'_>]) -> Result<Dis
     GPT::write_protective_mbr_into(&mut disk, SECTOR).map_err(gpt_error)?;
 
     let mut bytes = disk.into_inner();
+    bytes[..BOOT_CODE_SIZE].copy_from_slice(boot_code);
     for (partition, place) in partitions.iter().zip(&placements) {
         let start = place.offset as usize;
         bytes[start..start + partition.data.len()].copy_from_slice(partition.data);
@@ -99,17 +117,20 @@ mod tests {
         let cfg = vec![0xc0; 2 * MIB as usize];
         let disk = assemble(
             [7; 16],
+            &[0x33; BOOT_CODE_SIZE],
             &[
                 Partition {
                     name: "EFI system partition",
                     type_guid: ESP_TYPE,
                     guid: [1; 16],
+                    attributes: LEGACY_BIOS_BOOTABLE,
                     data: &esp,
                 },
                 Partition {
                     name: "HVCONFIG",
                     type_guid: BASIC_DATA_TYPE,
                     guid: [2; 16],
+                    attributes: 0,
                     data: &cfg,
                 },
             ],
@@ -145,6 +166,8 @@ mod tests {
         assert_eq!(gpt[2].partition_name.as_str(), "HVCONFIG");
         assert_eq!(gpt[2].unique_partition_guid, [2; 16]);
         assert_eq!((gpt[2].starting_lba, gpt[2].ending_lba), (4096, 8191));
+        assert_eq!(gpt[1].attribute_bits, 1 << 2, "legacy BIOS bootable");
+        assert_eq!(gpt[2].attribute_bits, 0);
         assert!(gpt[3].is_unused());
         assert!(gpt.header.last_usable_lba >= 8191);
 
@@ -156,6 +179,8 @@ mod tests {
     fn protective_mbr_and_backup_header() {
         let (_, _, disk) = two_partitions();
         assert_eq!(&disk.bytes[510..512], &[0x55, 0xaa]);
+        assert_eq!(&disk.bytes[..BOOT_CODE_SIZE], &[0x33; BOOT_CODE_SIZE]);
+        assert_eq!(disk.bytes[446], 0, "protective partition not active");
         assert_eq!(disk.bytes[446 + 4], 0xee, "protective partition type");
         let last_sector = disk.bytes.len() - SECTOR as usize;
         assert_eq!(&disk.bytes[last_sector..last_sector + 8], b"EFI PART");
@@ -169,8 +194,9 @@ mod tests {
             name: "x",
             type_guid: ESP_TYPE,
             guid: [1; 16],
+            attributes: 0,
             data: &data,
         };
-        assert!(assemble([0; 16], &[part]).is_err());
+        assert!(assemble([0; 16], &[0; BOOT_CODE_SIZE], &[part]).is_err());
     }
 }

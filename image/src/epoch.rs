@@ -98,6 +98,29 @@ impl FatClock {
     }
 }
 
+/// A timestamp in the on-disk encoding of FAT directory entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FatStamp {
+    /// Years since 1980 (7 bits), month (4 bits), day (5 bits).
+    pub date: u16,
+    /// Hour (5 bits), minute (6 bits), seconds / 2 (5 bits).
+    pub time: u16,
+    /// The creation time's extra precision: 0..=199 hundredths of a second.
+    pub hundredths: u8,
+}
+
+impl FatClock {
+    /// The same encoding fatfs uses when it stamps an entry.
+    pub fn encoded(&self) -> FatStamp {
+        let (date, time) = (self.now.date, self.now.time);
+        FatStamp {
+            date: ((date.year - 1980) << 9) | (date.month << 5) | date.day,
+            time: (time.hour << 11) | (time.min << 5) | (time.sec / 2),
+            hundredths: ((time.sec % 2) * 100 + time.millis / 10) as u8,
+        }
+    }
+}
+
 impl TimeProvider for FatClock {
     fn get_current_date(&self) -> Date {
         self.now.date

@@ -16,6 +16,12 @@ pub enum Kind {
     StaticExecutable,
     /// A PE/COFF EFI application.
     EfiApplication,
+    /// Boot code for the first 440 bytes of a disk's MBR.
+    MbrBootCode,
+    /// A syslinux COM32 module: a 32-bit x86 ELF object.
+    Com32Module,
+    /// PXELINUX's network bootstrap program (pxelinux.0).
+    Pxelinux,
 }
 
 #[derive(Debug)]
@@ -51,6 +57,25 @@ fn check(data: &[u8], kind: Kind) -> Result<(), String> {
         Kind::Kernel => check_bzimage(data),
         Kind::StaticExecutable => check_static_elf(data),
         Kind::EfiApplication => check_pe(data),
+        Kind::MbrBootCode if data.len() != crate::disk::BOOT_CODE_SIZE => Err(format!(
+            "{} bytes; MBR boot code is exactly {} bytes (e.g. syslinux's mbr/gptmbr.bin)",
+            data.len(),
+            crate::disk::BOOT_CODE_SIZE
+        )),
+        Kind::MbrBootCode => Ok(()),
+        Kind::Com32Module => {
+            // ELFCLASS32, little-endian, EM_386.
+            if !data.starts_with(b"\x7fELF\x01\x01") || data.get(18..20) != Some(&[3, 0]) {
+                return Err("not a syslinux COM32 module (32-bit x86 ELF)".into());
+            }
+            Ok(())
+        }
+        Kind::Pxelinux => {
+            if !data.windows(8).any(|w| w == b"PXELINUX") {
+                return Err("not PXELINUX's pxelinux.0 (no \"PXELINUX\" banner)".into());
+            }
+            Ok(())
+        }
     }
 }
 
@@ -142,6 +167,21 @@ pub mod tests {
     }
 
     #[test]
+    fn syslinux_kinds() {
+        check(&[0; 440], Kind::MbrBootCode).unwrap();
+        assert!(check(&[0; 512], Kind::MbrBootCode)
+            .unwrap_err()
+            .contains("exactly 440"));
+        let mut module = vec![0u8; 64];
+        module[..6].copy_from_slice(b"\x7fELF\x01\x01");
+        module[18] = 3;
+        check(&module, Kind::Com32Module).unwrap();
+        assert!(check(&fake_static_elf(0), Kind::Com32Module).is_err());
+        check(b"\xea\x24 PXELINUX 6.04 PXE", Kind::Pxelinux).unwrap();
+        assert!(check(&module, Kind::Pxelinux).is_err());
+    }
+
+    #[test]
     fn accepts_fakes() {
         check(&fake_bzimage(true, 0), Kind::EfiStubKernel).unwrap();
         check(&fake_bzimage(false, 0), Kind::Kernel).unwrap();
@@ -184,6 +224,18 @@ pub mod tests {
         }
         if let Ok(sdboot) = std::fs::read("/usr/lib/systemd/boot/efi/systemd-bootx64.efi") {
             check(&sdboot, Kind::EfiApplication).unwrap();
+        }
+        for (path, kind) in [
+            ("/usr/lib/syslinux/mbr/gptmbr.bin", Kind::MbrBootCode),
+            (
+                "/usr/lib/syslinux/modules/bios/ldlinux.c32",
+                Kind::Com32Module,
+            ),
+            ("/usr/lib/PXELINUX/pxelinux.0", Kind::Pxelinux),
+        ] {
+            if let Ok(data) = std::fs::read(path) {
+                check(&data, kind).unwrap_or_else(|e| panic!("{path}: {e}"));
+            }
         }
         if let Ok(ls) = std::fs::read("/bin/ls") {
             assert!(

@@ -8,12 +8,15 @@ mod cpio;
 mod disk;
 mod epoch;
 mod fat;
+mod fat_dirs;
 mod fat_dots;
+mod fat_times;
 mod ids;
 mod initramfs;
 mod inputs;
 mod kconfig;
 mod report;
+mod syslinux;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

@@ -33,6 +33,12 @@ pub struct SizeReport {
     pub init: u64,
     pub vmm: u64,
     pub efi_loader: u64,
+    /// ldlinux.sys and ldlinux.c32 as installed on the ESP.
+    pub bios_loader: u64,
+    /// gptmbr.bin, in the MBR sector itself (no space of its own).
+    pub mbr_boot_code: u64,
+    /// pxelinux.0 and ldlinux.c32 in pxe/ (not part of hv.img).
+    pub pxe_loader: u64,
     pub guest_kernel: u64,
     /// Compressed, as stored on the config partition.
     pub guest_initramfs: u64,
@@ -67,6 +73,9 @@ impl SizeReport {
                 "init": self.init,
                 "vmm": self.vmm,
                 "efi_loader": self.efi_loader,
+                "bios_loader": self.bios_loader,
+                "mbr_boot_code": self.mbr_boot_code,
+                "pxe_loader": self.pxe_loader,
                 "guest_kernel": self.guest_kernel,
                 "guest_initramfs": self.guest_initramfs,
             },
@@ -94,6 +103,9 @@ impl fmt::Display for SizeReport {
         row(f, "  init", self.init)?;
         row(f, "  vmm", self.vmm)?;
         row(f, "EFI loader (systemd-boot)", self.efi_loader)?;
+        row(f, "BIOS loader (syslinux, ESP /syslinux)", self.bios_loader)?;
+        row(f, "BIOS MBR boot code (gptmbr.bin)", self.mbr_boot_code)?;
+        row(f, "PXE loader (pxe/, not in hv.img)", self.pxe_loader)?;
         row(f, "example guest kernel", self.guest_kernel)?;
         row(f, "example guest initramfs, gzip", self.guest_initramfs)?;
         row(f, "ESP partition size", self.esp.size)?;
@@ -126,6 +138,9 @@ mod tests {
             init: 400_000,
             vmm: 1_500_000,
             efi_loader: 100_000,
+            bios_loader: 180_000,
+            mbr_boot_code: 440,
+            pxe_loader: 160_000,
             guest_kernel: 4_000_000,
             guest_initramfs: 1_000_000,
             esp: Partition {
@@ -152,6 +167,9 @@ mod tests {
         assert_eq!(json["headroom_bytes"], (39i64 << 20));
         assert_eq!(json["within_budget"], true);
         assert_eq!(json["components"]["vmm"], 1_500_000);
+        assert_eq!(json["components"]["bios_loader"], 180_000);
+        assert_eq!(json["components"]["mbr_boot_code"], 440);
+        assert_eq!(json["components"]["pxe_loader"], 160_000);
         assert_eq!(json["partitions"]["config"]["used_bytes"], 5_100_000);
         assert_eq!(json["free_bytes"], report.free());
     }

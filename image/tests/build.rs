@@ -8,13 +8,22 @@ use std::process::{Command, Output};
 use sha2::{Digest, Sha256};
 
 const MIB: u64 = 1024 * 1024;
-const OUTPUTS: [&str; 5] = [
+const OUTPUTS: [&str; 10] = [
     "hv.img",
-    "pxe/vmlinuz",
+    "pxe/README.txt",
+    "pxe/boot.ipxe",
     "pxe/initrd.img",
+    "pxe/ldlinux.c32",
+    "pxe/pxelinux.0",
+    "pxe/pxelinux.cfg/default",
+    "pxe/vmlinuz",
     "SHA256SUMS",
     "size-report.json",
 ];
+/// Debian's syslinux files, which the build uses by default.
+const GPTMBR: &str = "/usr/lib/syslinux/mbr/gptmbr.bin";
+const LDLINUX_C32: &str = "/usr/lib/syslinux/modules/bios/ldlinux.c32";
+const PXELINUX: &str = "/usr/lib/PXELINUX/pxelinux.0";
 
 /// A scratch directory removed when the test ends.
 struct Scratch(PathBuf);
@@ -195,8 +204,70 @@ fn builds_all_outputs_within_budget() {
         assert_eq!(digest, actual, "{path}");
         listed.push(path);
     }
-    listed.sort();
-    assert_eq!(listed, ["hv.img", "pxe/initrd.img", "pxe/vmlinuz"]);
+    assert_eq!(listed, OUTPUTS[..8], "every output but the two listings");
+
+    // Legacy BIOS: gptmbr.bin in the MBR, partition 1 legacy BIOS bootable,
+    // syslinux on the ESP with its boot sector, PXE loaders from Debian.
+    assert_eq!(&image[..440], &std::fs::read(GPTMBR).unwrap()[..]);
+    assert_eq!(gpt[1].attribute_bits, 1 << 2);
+    assert_eq!(gpt[2].attribute_bits, 0);
+    assert_eq!(&esp[3..11], b"SYSLINUX", "syslinux boot sector");
+    assert_eq!(&esp[510..512], &[0x55, 0xaa]);
+    let ldlinux_sys = read_fat_file(esp, "syslinux/ldlinux.sys");
+    let ldlinux_c32 = read_fat_file(esp, "syslinux/ldlinux.c32");
+    assert_eq!(
+        json["components"]["bios_loader"],
+        (ldlinux_sys.len() + ldlinux_c32.len()) as u64
+    );
+    let syslinux_cfg = String::from_utf8(read_fat_file(esp, "syslinux/syslinux.cfg")).unwrap();
+    assert!(syslinux_cfg.contains("APPEND console=tty0 console=ttyS0,115200n8 panic=10\n"));
+    assert_eq!(
+        std::fs::read(out.join("pxe/pxelinux.0")).unwrap(),
+        std::fs::read(PXELINUX).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(out.join("pxe/ldlinux.c32")).unwrap(),
+        std::fs::read(LDLINUX_C32).unwrap()
+    );
+    let pxe_cfg = std::fs::read_to_string(out.join("pxe/pxelinux.cfg/default")).unwrap();
+    assert!(pxe_cfg.contains("APPEND console=tty0 console=ttyS0,115200n8 panic=10 ip=dhcp\n"));
+    let ipxe = std::fs::read_to_string(out.join("pxe/boot.ipxe")).unwrap();
+    assert!(ipxe.starts_with("#!ipxe\n"), "{ipxe}");
+
+    // Every entry on both volumes carries the build time, including the
+    // files the syslinux installer wrote through mtools.
+    for (name, bytes) in [("esp", esp), ("config", config)] {
+        let fs =
+            fatfs::FileSystem::new(Cursor::new(bytes.to_vec()), fatfs::FsOptions::new()).unwrap();
+        let mut dirs = vec![fs.root_dir()];
+        let mut seen = 0;
+        while let Some(dir) = dirs.pop() {
+            for entry in dir.iter().map(|e| e.unwrap()) {
+                let name_here = entry.file_name();
+                if name_here == "." || name_here == ".." {
+                    continue;
+                }
+                let modified = entry.modified();
+                // SOURCE_DATE_EPOCH=1700000000 is 2023-11-14T22:13:20Z.
+                assert_eq!(
+                    (modified.date.year, modified.date.month, modified.date.day),
+                    (2023, 11, 14),
+                    "{name}: {name_here}"
+                );
+                assert_eq!(
+                    (modified.time.hour, modified.time.min, modified.time.sec),
+                    (22, 13, 20),
+                    "{name}: {name_here}"
+                );
+                assert_eq!(entry.created(), modified, "{name}: {name_here}");
+                seen += 1;
+                if entry.is_dir() {
+                    dirs.push(entry.to_dir());
+                }
+            }
+        }
+        assert!(seen >= 5, "{name}: {seen} entries");
+    }
 
     // fsck.fat (dosfstools) is the strictest FAT checker at hand.
     if Command::new("fsck.fat").arg("--help").output().is_ok() {
@@ -224,10 +295,13 @@ fn two_builds_are_byte_identical() {
     let scratch = Scratch::new("repro");
     let args = inputs(&scratch.0);
     let (a, b) = (scratch.0.join("a"), scratch.0.join("b"));
-    for out in [&a, &b] {
-        let output = hv_image(&args, out, &[]);
-        assert!(output.status.success(), "{}", stderr(&output));
-    }
+    let output = hv_image(&args, &a, &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    // A build a few seconds later in another time zone: no wall clock or
+    // local time may leak into the outputs (FAT stores 2-second steps).
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let output = hv_image(&args, &b, &[("TZ", "America/New_York")]);
+    assert!(output.status.success(), "{}", stderr(&output));
     for file in OUTPUTS {
         let (x, y) = (
             std::fs::read(a.join(file)).unwrap(),

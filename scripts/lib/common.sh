@@ -4,10 +4,10 @@
 # scripts/build, scripts/test and scripts/kernel agree on a fresh machine.
 HV_BUILD_PACKAGES=(
     linux-source-6.12 flex bison bc libelf-dev libssl-dev cpio xz-utils make gcc
-    busybox-static systemd-boot-efi syslinux syslinux-common
+    busybox-static systemd-boot-efi syslinux syslinux-common pxelinux mtools
 )
 HV_TEST_PACKAGES=(
-    qemu-system-x86 ovmf ipxe-qemu mtools dosfstools gdisk e2fsprogs
+    qemu-system-x86 ovmf ipxe-qemu dosfstools gdisk e2fsprogs
 )
 
 HV_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)

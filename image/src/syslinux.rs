@@ -1,0 +1,197 @@
+//! The legacy BIOS boot path: syslinux installed on the EFI system partition
+//! next to the files systemd-boot uses.
+//!
+//! Debian's `syslinux` installer is the mtools variant: it writes
+//! ldlinux.sys and ldlinux.c32 into a FAT image file, patches ldlinux.sys
+//! with the sectors it landed on and puts the syslinux boot code into the
+//! volume's boot sector, all without root or loop devices. It carries its
+//! own copies of both files, so they always match each other.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use fatfs::{FileSystem, FsOptions};
+
+use crate::epoch::FatClock;
+use crate::fat_times;
+
+/// Where syslinux looks for its configuration and keeps its files.
+pub const DIRECTORY: &str = "syslinux";
+pub const CONFIG: &str = "syslinux/syslinux.cfg";
+/// What the installer adds to [`DIRECTORY`].
+const INSTALLED: [&str; 2] = ["ldlinux.sys", "ldlinux.c32"];
+
+/// Room the ESP must leave for the installed files: 175 KiB with syslinux
+/// 6.04, with margin for a later release. A release that outgrows it fails
+/// the build with the installer's "disk full" message.
+pub const ROOM: u64 = 512 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    /// Size of ldlinux.sys plus ldlinux.c32.
+    pub loader: u64,
+    /// Bytes of the volume in use afterwards, as in `fat::Volume::used`.
+    pub used: u64,
+}
+
+/// Installs syslinux into the FAT volume `volume`, which must already hold
+/// [`CONFIG`]. The installer runs on a temporary copy; every timestamp it
+/// writes is replaced by `clock` afterwards.
+pub fn install(
+    installer: &Path,
+    volume: &mut Vec<u8>,
+    epoch: u64,
+    clock: &FatClock,
+) -> Result<Installed, String> {
+    let file = TempFile::new();
+    std::fs::write(&file.0, &*volume).map_err(|e| format!("writing {}: {e}", file.0.display()))?;
+    let output = Command::new(installer)
+        .args(["--install", "--directory"])
+        .arg(format!("/{DIRECTORY}"))
+        .arg(&file.0)
+        // mtools stamps files from these, but in local time; the restamp
+        // below makes the result independent of both anyway.
+        .env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .env("TZ", "UTC")
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|e| {
+            format!(
+                "syslinux installer {}: {e} (Debian package syslinux)",
+                installer.display()
+            )
+        })?;
+    if !output.status.success() {
+        return Err(format!(
+            "syslinux installer {} failed ({}): {}",
+            installer.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    let installed =
+        std::fs::read(&file.0).map_err(|e| format!("reading {}: {e}", file.0.display()))?;
+    if installed.len() != volume.len() {
+        return Err(format!(
+            "syslinux installer {} changed the volume size from {} to {} bytes",
+            installer.display(),
+            volume.len(),
+            installed.len()
+        ));
+    }
+    *volume = installed;
+    fat_times::restamp(volume, clock)?;
+    measure(volume).map_err(|e| format!("after installing syslinux: {e}"))
+}
+
+/// Checks that the installer left its files where the boot sector expects
+/// them and measures them.
+fn measure(volume: &[u8]) -> Result<Installed, String> {
+    let fs = FileSystem::new(Cursor::new(volume.to_vec()), FsOptions::new())
+        .map_err(|e| format!("mount: {e}"))?;
+    let dir = fs
+        .root_dir()
+        .open_dir(DIRECTORY)
+        .map_err(|e| format!("/{DIRECTORY}: {e}"))?;
+    let mut loader = 0;
+    for name in INSTALLED {
+        let entry = dir
+            .iter()
+            .filter_map(Result::ok)
+            .find(|e| e.file_name().eq_ignore_ascii_case(name))
+            .ok_or_else(|| format!("/{DIRECTORY}/{name} is missing"))?;
+        loader += entry.len();
+    }
+    let stats = fs.stats().map_err(|e| format!("stats: {e}"))?;
+    let free = u64::from(stats.free_clusters()) * u64::from(stats.cluster_size());
+    Ok(Installed {
+        loader,
+        used: volume.len() as u64 - free,
+    })
+}
+
+/// A scratch file for the installer, removed when dropped. Named after the
+/// process and a counter so that parallel builds (and tests) never share one.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("hv-image-esp-{}-{n}.img", std::process::id()));
+        TempFile(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::MIB;
+    use crate::epoch::DEFAULT_EPOCH;
+    use crate::fat::{build, FatFile, VolumeSpec};
+
+    const INSTALLER: &str = "/usr/bin/syslinux";
+
+    fn esp() -> Vec<u8> {
+        let files = [
+            FatFile {
+                path: CONFIG,
+                data: b"DEFAULT hv\n",
+            },
+            FatFile {
+                path: "vmlinuz",
+                data: &[0x5a; 100_000],
+            },
+        ];
+        let spec = VolumeSpec {
+            label: "HVBOOT",
+            volume_id: 7,
+            min_size: 2 * MIB,
+            slack: ROOM,
+        };
+        build(&files, &spec, FatClock::leak(DEFAULT_EPOCH))
+            .unwrap()
+            .bytes
+    }
+
+    #[test]
+    fn installs_boot_sector_and_files_reproducibly() {
+        if !Path::new(INSTALLER).exists() {
+            eprintln!("skipped: {INSTALLER} not installed");
+            return;
+        }
+        let clock = FatClock::leak(DEFAULT_EPOCH);
+        let before = esp();
+        let mut a = before.clone();
+        let installed = install(Path::new(INSTALLER), &mut a, DEFAULT_EPOCH, clock).unwrap();
+        assert!(installed.loader > 100_000, "{installed:?}");
+        // The boot sector now holds syslinux's code and OEM name; the BPB
+        // after the name is untouched.
+        assert_ne!(&a[62..510], &before[62..510]);
+        assert_eq!(&a[3..11], b"SYSLINUX");
+        assert_eq!(&a[11..62], &before[11..62]);
+
+        // A different clock on the installer's side changes nothing.
+        let mut b = before.clone();
+        install(Path::new(INSTALLER), &mut b, 1_600_000_000, clock).unwrap();
+        assert!(a == b, "installation depends on the installer's clock");
+    }
+
+    #[test]
+    fn missing_installer_is_named() {
+        let mut volume = esp();
+        let clock = FatClock::leak(DEFAULT_EPOCH);
+        let err = install(Path::new("/nonexistent/syslinux"), &mut volume, 0, clock).unwrap_err();
+        assert!(err.contains("/nonexistent/syslinux"), "{err}");
+        assert!(err.contains("Debian package syslinux"), "{err}");
+    }
+}
