@@ -1,1 +1,112 @@
-fn main() {}
+//! `vmm`: runs one Linux guest under KVM. See `cli::USAGE` for the command
+//! line and `exit` for what the exit code means.
+
+mod arch;
+mod builder;
+mod cli;
+mod devices;
+mod error;
+mod exit;
+mod lifecycle;
+mod logger;
+mod seccomp;
+mod signals;
+mod spec;
+mod terminal;
+mod virtio_attach;
+mod vstate;
+
+use std::path::Path;
+
+use cli::{Mode, RunArgs, Source};
+use error::Fatal;
+use lifecycle::RunOptions;
+use signals::SignalFd;
+use spec::VmSpec;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let verbose = args.iter().any(|a| a == "-v" || a == "--verbose");
+    logger::init(verbose);
+    let code = match cli::parse(args) {
+        Ok(Mode::Help) => {
+            println!("{}", cli::USAGE);
+            0
+        }
+        Ok(Mode::Version) => {
+            println!("vmm {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        Ok(Mode::Check(files)) => check(&files),
+        Ok(Mode::Run(args)) => run(&args).unwrap_or_else(|e| {
+            log::error!("{e}");
+            e.code
+        }),
+        Err(e) => {
+            log::error!("{e}\n{}", cli::USAGE);
+            exit::EXIT_USAGE
+        }
+    };
+    std::process::exit(code);
+}
+
+/// Validates each definition and its kernel/initrd, as far as that is
+/// possible without running anything.
+fn check(files: &[std::path::PathBuf]) -> i32 {
+    let mut code = 0;
+    for file in files {
+        match check_one(file) {
+            Ok(()) => println!("{}: ok", file.display()),
+            Err(e) => {
+                log::error!("{e}");
+                code = exit::EXIT_USAGE;
+            }
+        }
+    }
+    code
+}
+
+fn check_one(file: &Path) -> Result<(), Fatal> {
+    let spec = VmSpec::from_definition(file)?;
+    let mem = builder::guest_memory(&spec)?;
+    builder::load_images(&spec, &mem)?;
+    Ok(())
+}
+
+fn run(args: &RunArgs) -> Result<i32, Fatal> {
+    // Before any thread exists, so every thread inherits the mask.
+    let signals = SignalFd::block(signals::SHUTDOWN_SIGNALS)
+        .map_err(|e| Fatal::vmm(format!("cannot set up signal handling: {e}")))?;
+    let spec = match &args.source {
+        Source::Definition(path) => VmSpec::from_definition(path)?,
+        Source::AdHoc {
+            kernel,
+            initrd,
+            cmdline,
+            memory_mib,
+            vcpus,
+        } => VmSpec::ad_hoc(
+            kernel.clone(),
+            initrd.clone(),
+            cmdline.clone(),
+            *memory_mib,
+            *vcpus,
+        ),
+    };
+    if spec.definition.is_some() {
+        logger::set_guest(&spec.name);
+    }
+    let fds = virtio_attach::HandedFds {
+        disks: args.disk_fds.clone(),
+        taps: args.tap_fds.clone(),
+    };
+    let vmm = builder::build(&spec, &fds)?;
+    let opts = RunOptions {
+        ids: args.ids,
+        seccomp: args.seccomp,
+        shutdown_timeout: args.shutdown_timeout,
+    };
+    let reason = lifecycle::run(vmm, &signals, &opts)?;
+    log::info!("guest stopped: {reason:?} (exit code {})", reason.code());
+    Ok(reason.code())
+}

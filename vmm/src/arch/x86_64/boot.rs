@@ -1,0 +1,164 @@
+//! The Linux boot protocol's zero page (`boot_params`) and command line.
+
+use linux_loader::cmdline::Cmdline;
+use linux_loader::configurator::linux::LinuxBootConfigurator;
+use linux_loader::configurator::{BootConfigurator, BootParams};
+use linux_loader::loader::bootparam::{boot_params, setup_header, E820_MAX_ENTRIES_ZEROPAGE};
+use linux_loader::loader::load_cmdline;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use super::e820;
+use super::kernel::LoadedKernel;
+use super::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, ZERO_PAGE_START};
+
+const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
+const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
+const KERNEL_LOADER_OTHER: u8 = 0xff;
+const KERNEL_MIN_ALIGNMENT_BYTES: u32 = 0x100_0000;
+
+/// Guest command line: the definition's own, then one `virtio_mmio.device=`
+/// per device (the guest has no other way to discover them).
+pub fn build_cmdline(base: &str, virtio: &[(u64, u32)]) -> Result<Cmdline, String> {
+    let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| e.to_string())?;
+    let base = base.trim();
+    if !base.is_empty() {
+        cmdline
+            .insert_str(base)
+            .map_err(|e| format!("kernel command line: {e}"))?;
+    }
+    for &(addr, gsi) in virtio {
+        cmdline
+            .insert_str(format!("virtio_mmio.device=4K@{addr:#x}:{gsi}"))
+            .map_err(|e| format!("kernel command line: {e}"))?;
+    }
+    Ok(cmdline)
+}
+
+/// Everything the zero page describes.
+pub struct BootInfo<'a> {
+    pub kernel: &'a LoadedKernel,
+    pub cmdline: &'a Cmdline,
+    pub initrd: Option<(GuestAddress, u64)>,
+    pub ram: &'a [(GuestAddress, usize)],
+    pub rsdp: GuestAddress,
+}
+
+/// Fills `boot_params` from the kernel's own setup header (bzImage) or a
+/// synthesized one (ELF).
+pub fn build_boot_params(info: &BootInfo) -> Result<boot_params, String> {
+    let hdr = info.kernel.setup_header.unwrap_or_else(|| setup_header {
+        boot_flag: KERNEL_BOOT_FLAG_MAGIC,
+        header: KERNEL_HDR_MAGIC,
+        kernel_alignment: KERNEL_MIN_ALIGNMENT_BYTES,
+        ..Default::default()
+    });
+    let mut params = boot_params {
+        hdr,
+        ..Default::default()
+    };
+    params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
+    params.hdr.cmd_line_ptr = CMDLINE_START as u32;
+    let cmdline_len = info
+        .cmdline
+        .as_cstring()
+        .map_err(|e| format!("kernel command line: {e}"))?
+        .as_bytes()
+        .len();
+    params.hdr.cmdline_size = cmdline_len as u32 + 1;
+    if let Some((addr, size)) = info.initrd {
+        params.hdr.ramdisk_image = addr.0 as u32;
+        params.hdr.ramdisk_size = size as u32;
+    }
+    params.acpi_rsdp_addr = info.rsdp.0;
+
+    let map = e820::build(info.ram);
+    if map.len() > E820_MAX_ENTRIES_ZEROPAGE {
+        return Err("too many E820 entries".into());
+    }
+    for (slot, entry) in params.e820_table.iter_mut().zip(&map) {
+        *slot = *entry;
+    }
+    params.e820_entries = map.len() as u8;
+    Ok(params)
+}
+
+/// Writes the command line and zero page into guest memory.
+pub fn write_boot_params(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<(), String> {
+    load_cmdline(mem, GuestAddress(CMDLINE_START), info.cmdline)
+        .map_err(|e| format!("cannot write kernel command line: {e}"))?;
+    let params = build_boot_params(info)?;
+    LinuxBootConfigurator::write_bootparams(
+        &BootParams::new(&params, GuestAddress(ZERO_PAGE_START)),
+        mem,
+    )
+    .map_err(|e| format!("cannot write boot parameters: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::x86_64::layout::ram_regions;
+    use vm_memory::Bytes;
+
+    #[test]
+    fn cmdline_appends_virtio_devices() {
+        let c = build_cmdline(
+            " console=ttyS0 quiet ",
+            &[(0xd000_0000, 5), (0xd000_1000, 6)],
+        )
+        .unwrap();
+        assert_eq!(
+            c.as_cstring().unwrap().to_str().unwrap(),
+            "console=ttyS0 quiet virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
+        );
+    }
+
+    #[test]
+    fn empty_cmdline_is_fine() {
+        let c = build_cmdline("", &[]).unwrap();
+        assert_eq!(c.as_cstring().unwrap().to_str().unwrap(), "");
+    }
+
+    #[test]
+    fn overlong_cmdline_is_an_error() {
+        let long = "x".repeat(CMDLINE_MAX_SIZE + 1);
+        assert!(build_cmdline(&long, &[]).is_err());
+    }
+
+    #[test]
+    fn boot_params_for_elf_kernel() {
+        let ram = ram_regions(64 << 20);
+        let kernel = LoadedKernel {
+            entry: 0x100_0000,
+            end: 0x200_0000,
+            setup_header: None,
+        };
+        let cmdline = build_cmdline("console=ttyS0", &[]).unwrap();
+        let info = BootInfo {
+            kernel: &kernel,
+            cmdline: &cmdline,
+            initrd: Some((GuestAddress(0x300_0000), 0x1234)),
+            ram: &ram,
+            rsdp: GuestAddress(0xe0000),
+        };
+        let p = build_boot_params(&info).unwrap();
+        let (magic, flag) = (p.hdr.header, p.hdr.boot_flag);
+        assert_eq!((magic, flag), (KERNEL_HDR_MAGIC, KERNEL_BOOT_FLAG_MAGIC));
+        let (image, size) = (p.hdr.ramdisk_image, p.hdr.ramdisk_size);
+        assert_eq!((image, size), (0x300_0000, 0x1234));
+        let cmd = p.hdr.cmd_line_ptr;
+        assert_eq!(cmd, CMDLINE_START as u32);
+        assert_eq!(p.e820_entries, 3);
+        let rsdp = p.acpi_rsdp_addr;
+        assert_eq!(rsdp, 0xe0000);
+
+        let mem = GuestMemoryMmap::<()>::from_ranges(&ram).unwrap();
+        write_boot_params(&mem, &info).unwrap();
+        let mut buf = [0u8; 14];
+        mem.read_slice(&mut buf, GuestAddress(CMDLINE_START))
+            .unwrap();
+        assert_eq!(&buf, b"console=ttyS0\0");
+        let written: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
+        assert_eq!(written.e820_entries, 3);
+    }
+}

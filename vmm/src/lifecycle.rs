@@ -1,0 +1,303 @@
+//! Running a built VM: vCPU threads, privilege drop and seccomp, and the
+//! main loop that waits for the guest to stop or the host to ask it to.
+//!
+//! The first SIGTERM (or SIGINT) presses Ctrl-Alt-Del and the ACPI power
+//! button; a second one, or the shutdown timeout, stops the VM hard
+//! (exit 5). A guest that answers the request by rebooting (the usual
+//! Ctrl-Alt-Del action) has shut down as asked and exits 0.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::builder::Vmm;
+use crate::devices::acpi_pm::AcpiPm;
+use crate::devices::legacy::{SerialDevice, I8042};
+use crate::error::Fatal;
+use crate::exit::{ExitHandle, ExitReason};
+use crate::seccomp::{self, ThreadKind};
+use crate::signals::SignalFd;
+use crate::terminal::RawTerminal;
+
+pub struct RunOptions {
+    pub ids: Option<(u32, u32)>,
+    pub seccomp: bool,
+    pub shutdown_timeout: Duration,
+}
+
+const TOKEN_EXIT: u64 = 1;
+const TOKEN_SIGNAL: u64 = 2;
+const TOKEN_STDIN: u64 = 3;
+
+/// Signal used to kick a vCPU thread out of KVM_RUN.
+fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+fn os_fatal(what: &str) -> Fatal {
+    Fatal::vmm(format!("cannot {what}: {}", io::Error::last_os_error()))
+}
+
+fn drop_privileges(uid: u32, gid: u32) -> Result<(), Fatal> {
+    // SAFETY: plain syscalls with valid arguments. Groups and gid go first,
+    // while we still have the right to change them.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0 {
+            return Err(os_fatal("drop supplementary groups"));
+        }
+        if libc::setgid(gid) != 0 {
+            return Err(os_fatal(&format!("set gid {gid}")));
+        }
+        if libc::setuid(uid) != 0 {
+            return Err(os_fatal(&format!("set uid {uid}")));
+        }
+        if uid != 0 && libc::setuid(0) == 0 {
+            return Err(Fatal::vmm("privilege drop did not stick"));
+        }
+    }
+    Ok(())
+}
+
+fn set_no_new_privs() -> Result<(), Fatal> {
+    // SAFETY: prctl with constant arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(os_fatal("set no_new_privs"));
+    }
+    Ok(())
+}
+
+struct VcpuThreads {
+    handles: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl VcpuThreads {
+    /// Stops every vCPU, kicking each out of KVM_RUN until it is gone. The
+    /// kick is repeated because it can land just before a thread re-enters
+    /// the guest and then be lost.
+    fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        for handle in self.handles {
+            while !handle.is_finished() {
+                if let Err(e) = handle.kill(kick_signal()) {
+                    log::debug!("cannot kick vCPU thread: {e}");
+                }
+                thread::sleep(Duration::from_millis(2));
+            }
+            let _ = handle.join();
+        }
+    }
+}
+
+/// The devices the main loop talks to.
+struct Controls {
+    exit: Arc<ExitHandle>,
+    serial: Arc<Mutex<SerialDevice>>,
+    i8042: Arc<Mutex<I8042>>,
+    pm: Arc<Mutex<AcpiPm>>,
+}
+
+/// Runs the VM to completion; returns why it stopped.
+pub fn run(vmm: Vmm, signals: &SignalFd, opts: &RunOptions) -> Result<ExitReason, Fatal> {
+    register_signal_handler(kick_signal(), on_kick)
+        .map_err(|e| Fatal::vmm(format!("cannot install vCPU kick handler: {e}")))?;
+    if opts.seccomp {
+        seccomp::install_sigsys_handler().map_err(Fatal::vmm)?;
+    }
+    // Opened before the privilege drop and the filters.
+    let terminal = RawTerminal::stdin();
+    if let Some((uid, gid)) = opts.ids {
+        drop_privileges(uid, gid)?;
+    }
+
+    let Vmm {
+        vcpus,
+        serial,
+        i8042,
+        pm,
+        exit,
+        mem: _mem,
+        ..
+    } = vmm;
+    let start = Arc::new(Barrier::new(vcpus.len() + 1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let vcpu_filter = match opts.seccomp {
+        true => Some(Arc::new(
+            seccomp::filter(ThreadKind::Vcpu).map_err(Fatal::vmm)?,
+        )),
+        false => None,
+    };
+    let mut handles = Vec::new();
+    for vcpu in vcpus {
+        let (start, stop, filter) = (start.clone(), stop.clone(), vcpu_filter.clone());
+        let handle = thread::Builder::new()
+            .name(format!("vcpu{}", vcpu.id()))
+            .spawn(move || vcpu.run(start, filter, stop))
+            .map_err(|e| Fatal::vmm(format!("cannot start vCPU thread: {e}")))?;
+        handles.push(handle);
+    }
+    let threads = VcpuThreads { handles, stop };
+    let controls = Controls {
+        exit,
+        serial,
+        i8042,
+        pm,
+    };
+    let epoll = event_set(&controls, signals, terminal.as_ref())?;
+
+    // Every thread exists and is done starting up: filter them all, then
+    // let the vCPUs go and narrow each thread's filter to its own kind.
+    start.wait();
+    set_no_new_privs()?;
+    if opts.seccomp {
+        let all = seccomp::process_filter().map_err(Fatal::vmm)?;
+        seccompiler::apply_filter_all_threads(&all)
+            .map_err(|e| Fatal::vmm(format!("cannot install seccomp filter: {e}")))?;
+    }
+    start.wait();
+    if opts.seccomp {
+        let main = seccomp::filter(ThreadKind::Main).map_err(Fatal::vmm)?;
+        seccompiler::apply_filter(&main)
+            .map_err(|e| Fatal::vmm(format!("cannot install seccomp filter: {e}")))?;
+    }
+
+    let result = main_loop(
+        &controls,
+        &epoll,
+        signals,
+        terminal.as_ref(),
+        opts.shutdown_timeout,
+    );
+    if result.is_err() {
+        controls.exit.request(ExitReason::Error);
+    }
+    threads.stop();
+    drop(terminal);
+    result
+}
+
+/// The main loop's epoll set, created before the seccomp filters go on.
+fn event_set(
+    c: &Controls,
+    signals: &SignalFd,
+    terminal: Option<&RawTerminal>,
+) -> Result<Epoll, Fatal> {
+    let epoll = Epoll::new().map_err(|e| Fatal::vmm(format!("epoll: {e}")))?;
+    let add = |fd: i32, token: u64| {
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
+            .map_err(|e| Fatal::vmm(format!("epoll: {e}")))
+    };
+    add(c.exit.eventfd().as_raw_fd(), TOKEN_EXIT)?;
+    add(signals.as_raw_fd(), TOKEN_SIGNAL)?;
+    if let Some(t) = terminal {
+        add(t.fd(), TOKEN_STDIN)?;
+    }
+    Ok(epoll)
+}
+
+fn main_loop(
+    c: &Controls,
+    epoll: &Epoll,
+    signals: &SignalFd,
+    terminal: Option<&RawTerminal>,
+    timeout: Duration,
+) -> Result<ExitReason, Fatal> {
+    let mut deadline: Option<Instant> = None;
+    let mut events = [EpollEvent::default(); 4];
+    loop {
+        if let Some(reason) = c.exit.reason() {
+            return Ok(match (reason, deadline) {
+                (ExitReason::Reboot, Some(_)) => {
+                    log::info!(
+                        "guest restarted after the shutdown request; treating it as powered off"
+                    );
+                    ExitReason::PowerOff
+                }
+                _ => reason,
+            });
+        }
+        let wait_ms = match deadline {
+            Some(d) => d
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(i32::MAX as u128) as i32,
+            None => -1,
+        };
+        let n = match epoll.wait(wait_ms, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Fatal::vmm(format!("epoll: {e}"))),
+        };
+        if n == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
+            log::warn!(
+                "guest did not shut down within {} s; stopping it",
+                timeout.as_secs()
+            );
+            return Ok(ExitReason::HostStop);
+        }
+        for event in &events[..n] {
+            match event.data() {
+                TOKEN_EXIT => {
+                    let _ = c.exit.eventfd().read();
+                }
+                TOKEN_SIGNAL => {
+                    while let Some(sig) = signals
+                        .read()
+                        .map_err(|e| Fatal::vmm(format!("signalfd: {e}")))?
+                    {
+                        if deadline.is_some() {
+                            log::warn!("signal {sig} again: stopping the guest hard");
+                            return Ok(ExitReason::HostStop);
+                        }
+                        log::info!("signal {sig}: asking the guest to shut down");
+                        lock(&c.i8042).ctrl_alt_del();
+                        lock(&c.pm).press_power_button();
+                        deadline = Some(Instant::now() + timeout);
+                    }
+                }
+                TOKEN_STDIN => {
+                    if let Some(t) = terminal {
+                        forward_input(t, &c.serial, epoll);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Moves terminal input into the UART's receive FIFO; what does not fit
+/// is dropped, as a real UART would overrun.
+fn forward_input(t: &RawTerminal, serial: &Mutex<SerialDevice>, epoll: &Epoll) {
+    let mut buf = [0u8; 64];
+    match t.read(&mut buf) {
+        Ok(0) => {
+            let _ = epoll.ctl(ControlOperation::Delete, t.fd(), EpollEvent::default());
+        }
+        Ok(n) => {
+            lock(serial).enqueue_input(&buf[..n]);
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => {
+            log::warn!("stdin: {e}; no more console input");
+            let _ = epoll.ctl(ControlOperation::Delete, t.fd(), EpollEvent::default());
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! vCPU threads: run the guest, dispatch port and MMIO exits to the buses,
+//! and turn the ways a guest can stop into an exit reason.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+
+use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use seccompiler::BpfProgram;
+
+use crate::arch::x86_64::{cpuid, regs};
+use crate::devices::bus::Bus;
+use crate::exit::{ExitHandle, ExitReason};
+
+pub struct Vcpu {
+    id: u8,
+    fd: VcpuFd,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    exit: Arc<ExitHandle>,
+}
+
+impl Vcpu {
+    /// Creates vCPU `id` of `count`; the boot vCPU (id 0) starts at `entry`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        kvm: &Kvm,
+        vm: &VmFd,
+        id: u8,
+        count: u8,
+        entry: u64,
+        buses: (Arc<Bus>, Arc<Bus>),
+        exit: Arc<ExitHandle>,
+    ) -> Result<Self, String> {
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(|e| format!("cannot create vCPU {id}: {e}"))?;
+        let mut cpuid = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| format!("cannot get supported CPUID: {e}"))?;
+        cpuid::filter(&mut cpuid, id, count);
+        fd.set_cpuid2(&cpuid)
+            .map_err(|e| format!("cannot set CPUID of vCPU {id}: {e}"))?;
+        regs::setup_vcpu(&fd, (id == 0).then_some(entry)).map_err(|e| format!("vCPU {id}: {e}"))?;
+        Ok(Vcpu {
+            id,
+            fd,
+            pio: buses.0,
+            mmio: buses.1,
+            exit,
+        })
+    }
+
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+
+    /// Thread body: reports in at `start` (thread setup is done), waits
+    /// there again for the go (the process-wide seccomp filter is on by
+    /// then), installs `filter`, then runs the guest until it stops or
+    /// `stop` is set (the caller kicks the thread out of KVM_RUN).
+    pub fn run(
+        mut self,
+        start: Arc<Barrier>,
+        filter: Option<Arc<BpfProgram>>,
+        stop: Arc<AtomicBool>,
+    ) {
+        start.wait();
+        start.wait();
+        if let Some(filter) = filter {
+            if let Err(e) = seccompiler::apply_filter(&filter) {
+                log::error!("vCPU {}: cannot install seccomp filter: {e}", self.id);
+                self.exit.request(ExitReason::Error);
+                return;
+            }
+        }
+        while !stop.load(Ordering::Acquire) {
+            if let Some(reason) = self.run_once() {
+                self.exit.request(reason);
+                break;
+            }
+        }
+    }
+
+    /// One KVM_RUN; `Some` when the VM must stop.
+    fn run_once(&mut self) -> Option<ExitReason> {
+        let id = self.id;
+        match self.fd.run() {
+            Ok(VcpuExit::IoIn(port, data)) => self.pio.read(u64::from(port), data),
+            Ok(VcpuExit::IoOut(port, data)) => self.pio.write(u64::from(port), data),
+            Ok(VcpuExit::MmioRead(addr, data)) => self.mmio.read(addr, data),
+            Ok(VcpuExit::MmioWrite(addr, data)) => self.mmio.write(addr, data),
+            Ok(VcpuExit::Intr) => {}
+            Ok(VcpuExit::Shutdown) => {
+                log::warn!("vCPU {id}: guest shut down the CPU (triple fault)");
+                return Some(ExitReason::Crash);
+            }
+            Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                log::error!("vCPU {id}: VM entry failed (reason {reason:#x}, cpu {cpu})");
+                return Some(ExitReason::Crash);
+            }
+            Ok(VcpuExit::InternalError) => {
+                log::error!("vCPU {id}: KVM internal error");
+                return Some(ExitReason::Crash);
+            }
+            Ok(VcpuExit::SystemEvent(kind, _)) => {
+                return Some(match kind {
+                    KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
+                    KVM_SYSTEM_EVENT_RESET => ExitReason::Reboot,
+                    KVM_SYSTEM_EVENT_CRASH => ExitReason::Crash,
+                    other => {
+                        log::error!("vCPU {id}: unknown system event {other}");
+                        ExitReason::Error
+                    }
+                });
+            }
+            // With the in-kernel LAPIC, HLT never leaves the kernel; if it
+            // does anyway the guest has stopped for good.
+            Ok(VcpuExit::Hlt) => {
+                log::error!("vCPU {id}: unexpected HLT exit");
+                return Some(ExitReason::Crash);
+            }
+            Ok(other) => {
+                log::error!("vCPU {id}: unexpected exit {other:?}");
+                return Some(ExitReason::Error);
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Err(e) => {
+                log::error!("vCPU {id}: KVM_RUN failed: {e}");
+                return Some(ExitReason::Error);
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,408 @@
+//! End-to-end tests of the built `vmm` binary: exit codes and messages for
+//! bad input, and, where /dev/kvm is usable, tiny hand-assembled 64-bit
+//! guests that exercise the serial port, the i8042 reset line, ACPI
+//! power-off, triple faults and the SIGTERM protocol.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+const VMM: &str = env!("CARGO_BIN_EXE_vmm");
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("vmm-test-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    fn path(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+    fn write(&self, rel: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.path(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, bytes).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A minimal ELF64 x86_64 executable whose single segment holds `code`,
+/// loaded (and entered) at 1 MiB.
+fn elf(code: &[u8]) -> Vec<u8> {
+    const ENTRY: u64 = 0x10_0000;
+    const CODE_OFFSET: u64 = 0x80;
+    let mut f = Vec::new();
+    f.extend_from_slice(b"\x7fELF\x02\x01\x01\x00");
+    f.extend_from_slice(&[0; 8]);
+    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    f.extend_from_slice(&1u32.to_le_bytes());
+    f.extend_from_slice(&ENTRY.to_le_bytes());
+    f.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
+    f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    f.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    for v in [64u16, 56, 1, 0, 0, 0] {
+        f.extend_from_slice(&v.to_le_bytes()); // ehsize, phentsize, phnum, sh*
+    }
+    f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    f.extend_from_slice(&7u32.to_le_bytes()); // RWX
+    for v in [
+        CODE_OFFSET,
+        ENTRY,
+        ENTRY,
+        code.len() as u64,
+        code.len() as u64,
+        0x1000,
+    ] {
+        f.extend_from_slice(&v.to_le_bytes());
+    }
+    f.resize(CODE_OFFSET as usize, 0);
+    f.extend_from_slice(code);
+    f
+}
+
+// Hand-assembled 64-bit snippets.
+const SERIAL_OK: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    0xb0, b'O', 0xee, // mov al, 'O'; out dx, al
+    0xb0, b'K', 0xee, // mov al, 'K'; out dx, al
+    0xb0, b'\n', 0xee, // mov al, '\n'; out dx, al
+];
+const POKE_UNMAPPED: &[u8] = &[
+    0xe4, 0x80, // in al, 0x80
+    0x66, 0xba, 0xf8, 0x02, 0xee, // mov dx, 0x2f8; out dx, al
+    0x8a, 0x04, 0x25, 0x00, 0x00, 0x00, 0x03, // mov al, [48 MiB]: past RAM, so MMIO
+];
+const PRINT_CMDLINE: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    0xbe, 0x00, 0x00, 0x02, 0x00, // mov esi, 0x20000 (command line)
+    0xac, // next: lodsb
+    0x84, 0xc0, // test al, al
+    0x74, 0x03, // jz done
+    0xee, // out dx, al
+    0xeb, 0xf8, // jmp next
+    0xb0, b'\n', 0xee, // done: mov al, '\n'; out dx, al
+];
+const I8042_RESET: &[u8] = &[0xb0, 0xfe, 0xe6, 0x64]; // mov al, 0xfe; out 0x64, al
+const ACPI_POWEROFF: &[u8] = &[
+    0x66, 0xba, 0x04, 0x06, // mov dx, 0x604 (PM1a_CNT)
+    0x66, 0xb8, 0x00, 0x34, // mov ax, SLP_TYP=5 | SLP_EN
+    0x66, 0xef, // out dx, ax
+];
+const WAIT_FOR_KEY: &[u8] = &[0xe4, 0x64, 0xa8, 0x01, 0x74, 0xfa]; // poll i8042 OBF
+const HANG: &[u8] = &[0xf4, 0xeb, 0xfd]; // hlt; jmp hlt
+const SPIN: &[u8] = &[0xeb, 0xfe]; // jmp $
+const UD2: &[u8] = &[0x0f, 0x0b];
+
+fn program(parts: &[&[u8]]) -> Vec<u8> {
+    elf(&parts.concat())
+}
+
+fn kvm_usable() -> bool {
+    let ok = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !ok {
+        eprintln!("/dev/kvm not usable here; skipping guest run");
+    }
+    ok
+}
+
+fn vmm(args: &[&str]) -> Command {
+    let mut c = Command::new(VMM);
+    c.args(args).stdin(Stdio::null());
+    c
+}
+
+fn run_kernel(dir: &TempDir, code: Vec<u8>, extra: &[&str]) -> Output {
+    let k = dir.write("kernel.elf", &code);
+    let mut args = vec!["--kernel", k.to_str().unwrap(), "--mem", "32"];
+    args.extend_from_slice(extra);
+    let out = vmm(&args).output().unwrap();
+    eprintln!("stderr: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn wait_timeout(child: &mut Child, limit: Duration) -> Option<i32> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    None
+}
+
+fn sigterm(child: &Child) {
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+}
+
+#[test]
+fn serial_output_and_i8042_reset_exit_3() {
+    if !kvm_usable() {
+        return;
+    }
+    let dir = TempDir::new("reset");
+    let out = run_kernel(&dir, program(&[SERIAL_OK, I8042_RESET, HANG]), &[]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n");
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn acpi_poweroff_exit_0_on_two_vcpus() {
+    if !kvm_usable() {
+        return;
+    }
+    let dir = TempDir::new("poweroff");
+    let out = run_kernel(&dir, program(&[ACPI_POWEROFF, HANG]), &["--vcpus", "2"]);
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn triple_fault_exit_4() {
+    if !kvm_usable() {
+        return;
+    }
+    let dir = TempDir::new("crash");
+    let out = run_kernel(&dir, program(&[UD2]), &[]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("triple fault"));
+}
+
+#[test]
+fn unmapped_io_is_ignored() {
+    if !kvm_usable() {
+        return;
+    }
+    let dir = TempDir::new("unmapped");
+    let out = run_kernel(
+        &dir,
+        program(&[POKE_UNMAPPED, SERIAL_OK, I8042_RESET, HANG]),
+        &[],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n");
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn sigterm_injects_ctrl_alt_del() {
+    if !kvm_usable() {
+        return;
+    }
+    let dir = TempDir::new("cad");
+    let k = dir.write(
+        "k.elf",
+        &program(&[SERIAL_OK, WAIT_FOR_KEY, ACPI_POWEROFF, HANG]),
+    );
+    let mut child = vmm(&["--kernel", k.to_str().unwrap(), "--mem", "32"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the guest runs (its serial line arrives), then ask.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut line = [0u8; 3];
+    std::io::Read::read_exact(&mut stdout, &mut line).unwrap();
+    sigterm(&child);
+    assert_eq!(wait_timeout(&mut child, Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn sigterm_twice_or_timeout_exit_5() {
+    if !kvm_usable() {
+        return;
+    }
+    let dir = TempDir::new("stop");
+    let k = dir.write("k.elf", &program(&[SPIN]));
+    let k = k.to_str().unwrap();
+
+    let mut child = vmm(&["--kernel", k, "--mem", "32", "--vcpus", "2"])
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(300));
+    sigterm(&child);
+    sleep(Duration::from_millis(200));
+    sigterm(&child);
+    assert_eq!(wait_timeout(&mut child, Duration::from_secs(10)), Some(5));
+
+    let mut child = vmm(&["--kernel", k, "--mem", "32", "--shutdown-timeout", "1"])
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(300));
+    sigterm(&child);
+    assert_eq!(wait_timeout(&mut child, Duration::from_secs(10)), Some(5));
+}
+
+/// The first sector of a bzImage with a boot protocol 2.15 header claiming
+/// `syssize` paragraphs of protected-mode code.
+fn bzimage_header(syssize: u32) -> Vec<u8> {
+    let mut b = vec![0u8; 0x400];
+    b[0x1f1] = 1; // setup_sects
+    b[0x1f4..0x1f8].copy_from_slice(&syssize.to_le_bytes());
+    b[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    b[0x202..0x206].copy_from_slice(b"HdrS");
+    b[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    b[0x211] = 1; // loadflags: LOADED_HIGH
+    b[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
+    b[0x236..0x238].copy_from_slice(&1u16.to_le_bytes()); // xloadflags: KERNEL_64
+    b[0x260..0x264].copy_from_slice(&0x10_0000u32.to_le_bytes()); // init_size
+    b
+}
+
+fn guest_definition(dir: &TempDir, kernel: &[u8]) -> PathBuf {
+    dir.write("guests/web/bzImage", kernel);
+    dir.write(
+        "guests/x.toml",
+        b"[boot]\nkernel = \"web/bzImage\"\ncmdline = \"console=ttyS0\"\n",
+    )
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn in_dir(dir: &Path, args: &[&str]) -> Output {
+    vmm(args).current_dir(dir).output().unwrap()
+}
+
+#[test]
+fn truncated_bzimage_is_rejected_with_exit_2() {
+    let dir = TempDir::new("trunc");
+    let mut image = bzimage_header(0x1000);
+    image.resize(0x400 + 0x100, 0x90); // far less than 0x1000 * 16 bytes
+    guest_definition(&dir, &image);
+    let out = in_dir(&dir.0, &["--guest", "guests/x.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains(
+            "guests/x.toml: kernel web/bzImage: not a bzImage or ELF vmlinux: file is truncated"
+        ),
+        "{err}"
+    );
+    let out = in_dir(&dir.0, &["--check", "guests/x.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("file is truncated"));
+}
+
+#[test]
+fn garbage_kernel_is_rejected_with_exit_2() {
+    let dir = TempDir::new("garbage");
+    guest_definition(&dir, &[0x42; 4096]);
+    let out = in_dir(&dir.0, &["--guest", "guests/x.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains(
+            "guests/x.toml: kernel web/bzImage: not a bzImage or ELF vmlinux: no ELF magic"
+        ),
+        "{}",
+        stderr_of(&out)
+    );
+    // Tiny files too.
+    for bytes in [&b"\x7fEL"[..], &b"\x7fELF\x01"[..], &b"MZ"[..]] {
+        guest_definition(&dir, bytes);
+        let out = in_dir(&dir.0, &["--check", "guests/x.toml"]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+        assert!(stderr_of(&out).contains("not a bzImage or ELF vmlinux"));
+    }
+    guest_definition(&dir, b"");
+    let out = in_dir(&dir.0, &["--check", "guests/x.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("empty"), "{}", stderr_of(&out));
+}
+
+#[test]
+fn valid_definition_passes_check() {
+    let dir = TempDir::new("check-ok");
+    let def = guest_definition(&dir, &program(&[HANG]));
+    let out = vmm(&["--check", def.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with(": ok\n"));
+}
+
+#[test]
+fn bad_usage_and_missing_files_exit_2() {
+    let out = vmm(&["--frobnicate"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("unknown argument '--frobnicate'"));
+
+    let dir = TempDir::new("missing");
+    let out = vmm(&["--guest", dir.path("nope.toml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("nope.toml"));
+
+    let def = dir.write("g.toml", b"[boot]\nkernel = \"absent\"\n");
+    let out = vmm(&["--guest", def.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("kernel"), "{}", stderr_of(&out));
+}
+
+#[test]
+fn definition_devices_reach_the_guest_cmdline() {
+    if !kvm_usable() {
+        return;
+    }
+    let dir = TempDir::new("virtio");
+    dir.write(
+        "guests/web/bzImage",
+        &program(&[PRINT_CMDLINE, I8042_RESET, HANG]),
+    );
+    dir.write("guests/web/disk.img", &[0u8; 8192]);
+    let def = dir.write(
+        "guests/web.toml",
+        b"[machine]\nvcpus = 2\nmemory_mib = 32\n[boot]\nkernel = \"web/bzImage\"\ncmdline = \"console=ttyS0 quiet\"\n\
+          [[disk]]\npath = \"web/disk.img\"\n[rng]\nenabled = true\n",
+    );
+    let out = vmm(&["--guest", def.to_str().unwrap()]).output().unwrap();
+    eprintln!("{}", stderr_of(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "console=ttyS0 quiet virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6\n"
+    );
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn bad_device_fds_exit_2() {
+    let dir = TempDir::new("fds");
+    dir.write("guests/web/bzImage", &program(&[HANG]));
+    dir.write("guests/web/disk.img", &[0u8; 4096]);
+    let def = dir.write(
+        "guests/web.toml",
+        b"[boot]\nkernel = \"web/bzImage\"\n[[disk]]\npath = \"web/disk.img\"\n",
+    );
+    let def = def.to_str().unwrap();
+    let out = vmm(&["--guest", def, "--disk-fd", "1=3"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("only 1"), "{}", stderr_of(&out));
+    if kvm_usable() {
+        let out = vmm(&["--guest", def, "--disk-fd", "0=999"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            stderr_of(&out).contains("fd 999 is not open"),
+            "{}",
+            stderr_of(&out)
+        );
+    }
+}
