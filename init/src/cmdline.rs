@@ -9,8 +9,8 @@ pub const DEFAULT_CONFIG_LABEL: &str = "HVCONFIG";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConfigSource {
     Device(DeviceSpec),
-    /// Fetched over the network. Parsed so the option is reserved, but
-    /// not supported by this init yet.
+    /// Fetched over HTTP (see `fetch`); kept as written, since `${mac}`
+    /// can only be replaced once the network is known.
     Url(String),
 }
 

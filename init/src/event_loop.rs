@@ -15,11 +15,13 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::cmdline::{ConfigSource, Options};
-use crate::discovery::{self, ConfigMount, CONFIG_DIR};
+use crate::discovery::{self, ConfigMount, Loaded, CONFIG_DIR};
+use crate::fetch::MIRROR_DIR;
 use crate::guests::{ConsoleOut, Guest, StartContext, MAX_GUESTS};
 use crate::net::{self, Netlink};
 use crate::power::PowerAction;
 use crate::probe::DeviceSpec;
+use crate::remote_config::Pending;
 use crate::signals::{self, SignalEvent};
 use crate::supervisor::{Action, Exit, Verdict, CRASH_LOOP_FAILURES, CRASH_LOOP_WINDOW};
 use crate::watchdog::Watchdog;
@@ -37,6 +39,7 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 const MAX_WAIT: Duration = Duration::from_secs(5);
 
 const TOKEN_SIGNAL: u64 = 0;
+const TOKEN_FETCH: u64 = 1;
 const TOKEN_BUTTON: u64 = 1 << 16;
 const TOKEN_GUEST: u64 = 1 << 32;
 
@@ -53,6 +56,10 @@ enum ConfigState {
         last_error: Option<String>,
     },
     Mounted(ConfigMount),
+    /// `hv.config=http://...`: being fetched into RAM by a thread.
+    Fetching(Pending),
+    /// Fetched into a copy in RAM, laid out like the partition.
+    Fetched,
     Unavailable,
 }
 
@@ -120,13 +127,21 @@ impl Init {
                     last_error: None,
                 }
             }
-            ConfigSource::Url(url) => {
-                log::error!(
-                    "hv.config={url}: fetching the configuration over the network is not \
-                     supported yet; running without guests"
-                );
-                ConfigState::Unavailable
-            }
+            ConfigSource::Url(url) => match Pending::spawn(url, Path::new(MIRROR_DIR)) {
+                Ok(pending) => {
+                    let ev = EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_FETCH);
+                    if let Err(e) = epoll.add(pending.fd(), ev) {
+                        log::error!("epoll: config fetch: {e}");
+                    }
+                    ConfigState::Fetching(pending)
+                }
+                Err(e) => {
+                    log::error!(
+                        "hv.config={url}: cannot start fetching: {e}; running without guests"
+                    );
+                    ConfigState::Unavailable
+                }
+            },
         };
         Init {
             epoll,
@@ -190,7 +205,9 @@ impl Init {
     }
 
     fn dispatch(&mut self, token: u64) {
-        if token == TOKEN_SIGNAL {
+        if token == TOKEN_FETCH {
+            self.fetch_done(Instant::now());
+        } else if token == TOKEN_SIGNAL {
             while let Ok(Some(info)) = self.signals.read_signal() {
                 match signals::classify(info.ssi_signo) {
                     SignalEvent::ChildExited => self.reap(),
@@ -338,8 +355,19 @@ impl Init {
                     "config partition {spec} is {} ({fs}), mounted read-only on {CONFIG_DIR}",
                     mount.device.node.display()
                 );
+                let dir = mount.dir.clone();
+                let boot_disk = mount
+                    .device
+                    .disk
+                    .clone()
+                    .or(Some(mount.device.name.clone()));
                 self.config = ConfigState::Mounted(mount);
-                self.apply_config(now);
+                let loaded = discovery::load(&dir);
+                if !loaded.host_toml_found {
+                    log::info!("config: no host.toml, using defaults");
+                }
+                let hint = format!("put NAME.toml files in {}/guests", dir.display());
+                self.apply_config(loaded, boot_disk.as_deref(), &hint, now);
                 return;
             }
             // Said once, not every poll.
@@ -366,22 +394,37 @@ impl Init {
             };
     }
 
-    fn apply_config(&mut self, now: Instant) {
-        let ConfigState::Mounted(mount) = &self.config else {
+    /// The network fetch has ended: use what it got, unless the machine
+    /// is already going down.
+    fn fetch_done(&mut self, now: Instant) {
+        let state = std::mem::replace(&mut self.config, ConfigState::Unavailable);
+        let ConfigState::Fetching(pending) = state else {
+            self.config = state;
             return;
         };
-        let dir = mount.dir.clone();
-        let boot_disk = mount
-            .device
-            .disk
-            .clone()
-            .or(Some(mount.device.name.clone()));
-        let loaded = discovery::load(&dir);
+        let _ = self.epoll.delete(pending.fd());
+        let (loaded, remote) = pending.finish();
+        if self.shutdown.is_some() {
+            return;
+        }
+        let hint = match remote {
+            Some(remote) => {
+                let dir = remote.dir();
+                log::info!("config: {} fetched into {}", remote.base, dir.display());
+                self.config = ConfigState::Fetched;
+                format!(
+                    "list them in host.toml as guests = [\"NAME\"], served as {}guests/NAME.toml",
+                    remote.base
+                )
+            }
+            None => "fix hv.config= on the kernel command line".to_string(),
+        };
+        self.apply_config(loaded, None, &hint, now);
+    }
+
+    fn apply_config(&mut self, loaded: Loaded, boot_disk: Option<&str>, hint: &str, now: Instant) {
         for e in &loaded.errors {
             log::error!("config: {e}");
-        }
-        if !loaded.host_toml_found {
-            log::info!("config: no host.toml, using defaults");
         }
         self.host = loaded.host;
         if let Err(e) = nix::unistd::sethostname(&self.host.hostname) {
@@ -394,13 +437,10 @@ impl Init {
             }
             None => {}
         }
-        self.data_mounts = data_mounts::mount_all(&self.host.mounts, boot_disk.as_deref());
+        self.data_mounts = data_mounts::mount_all(&self.host.mounts, boot_disk);
 
         if loaded.guests.is_empty() {
-            log::warn!(
-                "config: no guests defined (put NAME.toml files in {}/guests); running idle",
-                dir.display()
-            );
+            log::warn!("config: no guests defined ({hint}); running idle");
         }
         for config in loaded.guests {
             let index = self.guests.len();

@@ -12,15 +12,22 @@ mod data_mounts;
 mod discovery;
 mod early_mounts;
 mod event_loop;
+mod fetch;
 mod guests;
+mod http;
+mod ipconfig;
 mod jail;
 mod logger;
 mod net;
 mod power;
 mod power_button;
 mod probe;
+mod remote_config;
 mod signals;
 mod supervisor;
+#[cfg(test)]
+mod test_server;
+mod url;
 mod watchdog;
 
 use std::io::Write;
