@@ -11,7 +11,7 @@ HV_TEST_PACKAGES=(
 )
 
 HV_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-HV_CACHE=${HV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hv}
+HV_CACHE=${HV_CACHE:-$HOME/.cache/hv}
 HV_MUSL=x86_64-unknown-linux-musl
 
 log() { printf '==> %s\n' "$*" >&2; }
