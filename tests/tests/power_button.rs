@@ -21,7 +21,7 @@ fn acpi_power_button_powers_the_host_off() -> Result<(), hv_tests::Error> {
     vm.wait_for(r"^hv-init 0\.1\.0\b", BOOT_TO_INIT)?;
     // A press before init listens for the button would be lost; once the
     // example guest talks, init has long been listening.
-    vm.wait_for_text("Hello from the example guest", GUEST_UP)?;
+    vm.wait_for(r"^\[example\] Hello from the example guest$", GUEST_UP)?;
 
     let pressed = vm.elapsed();
     vm.powerdown()?;

@@ -31,6 +31,12 @@ pub struct RunOptions {
     pub shutdown_timeout: Duration,
 }
 
+/// How often a shutdown request is repeated while the guest has not
+/// stopped. A guest still booting loses a key press or button event that
+/// arrives before its drivers are up (both drivers flush what came
+/// earlier), so a single press would leave it running until the timeout.
+const REQUEST_REPEAT: Duration = Duration::from_secs(5);
+
 const TOKEN_EXIT: u64 = 1;
 const TOKEN_SIGNAL: u64 = 2;
 const TOKEN_STDIN: u64 = 3;
@@ -216,6 +222,7 @@ fn main_loop(
     timeout: Duration,
 ) -> Result<ExitReason, Fatal> {
     let mut deadline: Option<Instant> = None;
+    let mut repeat_at: Option<Instant> = None;
     let mut events = [EpollEvent::default(); 4];
     loop {
         if let Some(reason) = c.exit.reason() {
@@ -229,7 +236,11 @@ fn main_loop(
                 _ => reason,
             });
         }
-        let wait_ms = match deadline {
+        let wake = match (deadline, repeat_at) {
+            (Some(d), Some(r)) => Some(d.min(r)),
+            (d, r) => d.or(r),
+        };
+        let wait_ms = match wake {
             Some(d) => d
                 .saturating_duration_since(Instant::now())
                 .as_millis()
@@ -248,6 +259,13 @@ fn main_loop(
             );
             return Ok(ExitReason::HostStop);
         }
+        if repeat_at.is_some_and(|at| Instant::now() >= at) {
+            log::debug!("guest still running: repeating the shutdown request");
+            request_shutdown(c);
+            // From now, not from the missed time: presses in a burst could
+            // read as a "force reboot" to the guest's init.
+            repeat_at = Some(Instant::now() + REQUEST_REPEAT);
+        }
         for event in &events[..n] {
             match event.data() {
                 TOKEN_EXIT => {
@@ -263,9 +281,9 @@ fn main_loop(
                             return Ok(ExitReason::HostStop);
                         }
                         log::info!("signal {sig}: asking the guest to shut down");
-                        lock(&c.i8042).ctrl_alt_del();
-                        lock(&c.pm).press_power_button();
+                        request_shutdown(c);
                         deadline = Some(Instant::now() + timeout);
+                        repeat_at = Some(Instant::now() + REQUEST_REPEAT);
                     }
                 }
                 TOKEN_STDIN => {
@@ -277,6 +295,13 @@ fn main_loop(
             }
         }
     }
+}
+
+/// Ctrl-Alt-Del on the keyboard and a press of the ACPI power button:
+/// Linux guests react to one or the other depending on their init.
+fn request_shutdown(c: &Controls) {
+    lock(&c.i8042).ctrl_alt_del();
+    lock(&c.pm).press_power_button();
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -67,7 +67,7 @@ fn check(files: &[std::path::PathBuf]) -> i32 {
 }
 
 fn check_one(file: &Path) -> Result<(), Fatal> {
-    let spec = VmSpec::from_definition(file)?;
+    let spec = VmSpec::from_definition(file, true)?;
     let mem = builder::guest_memory(&spec)?;
     builder::load_images(&spec, &mem)?;
     Ok(())
@@ -78,7 +78,7 @@ fn run(args: &RunArgs) -> Result<i32, Fatal> {
     let signals = SignalFd::block(signals::SHUTDOWN_SIGNALS)
         .map_err(|e| Fatal::vmm(format!("cannot set up signal handling: {e}")))?;
     let spec = match &args.source {
-        Source::Definition(path) => VmSpec::from_definition(path)?,
+        Source::Definition(path) => VmSpec::from_definition(path, false)?,
         Source::AdHoc {
             kernel,
             initrd,
