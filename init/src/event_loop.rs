@@ -299,6 +299,7 @@ impl Init {
             netlink: self.netlink.as_mut(),
             cgroup_base: self.cgroup_base.as_deref(),
             boot_disk: boot_disk.as_deref(),
+            shutdown_timeout_s: self.host.shutdown_timeout_s,
             now,
         };
         match guest.start(&mut ctx) {

@@ -40,6 +40,9 @@ pub struct StartContext<'a> {
     pub cgroup_base: Option<&'a Path>,
     /// Kernel name of the disk that holds the config partition.
     pub boot_disk: Option<&'a str>,
+    /// host.toml's shutdown_timeout_s: the vmm must not stop its guest hard
+    /// before init would.
+    pub shutdown_timeout_s: u32,
     pub now: Instant,
 }
 
@@ -257,6 +260,10 @@ impl Guest {
         }
         let id = self.uid().to_string();
         args.extend(["--uid".into(), id.clone(), "--gid".into(), id]);
+        args.extend([
+            "--shutdown-timeout".into(),
+            ctx.shutdown_timeout_s.to_string(),
+        ]);
 
         let binds = self.binds()?;
         let (out_r, out_w) = pipe()?;
