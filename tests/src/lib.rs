@@ -28,12 +28,14 @@ mod console;
 mod devices;
 mod error;
 mod firmware;
+pub mod http;
 mod lines;
 mod log;
 mod opts;
 mod paths;
 mod qemu;
 mod qmp;
+pub mod rig;
 mod timeouts;
 
 use std::net::TcpListener;
