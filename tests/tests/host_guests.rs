@@ -20,7 +20,8 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use host_common::{cpio, debugfs_cat, make_ext4, wait_each, ConfigPartition};
+use host_common::{debugfs_cat, make_ext4, wait_each, ConfigPartition};
+use hv_tests::rig::Cpio;
 use hv_tests::{artefact, Qemu};
 
 const BOOT_TO_INIT: Duration = Duration::from_secs(180);
@@ -154,7 +155,19 @@ fn user_config_guests_network_disks_restarts_and_clean_power_off() -> Result<(),
     fs::copy(artefact("hv.img"), &stick).expect("copying hv.img");
 
     let initrd = dir.path().join("initrd.img");
-    fs::write(&initrd, cpio::busybox_initramfs(GUEST_INIT)).expect("writing the guest initrd");
+    // `/init` = the script, run by the busybox beside it; /dev/console so the
+    // script has a console before devtmpfs is mounted.
+    let mut guest = Cpio::new();
+    guest
+        .copy("bin/busybox", 0o755, Path::new("/bin/busybox"))
+        .expect("reading /bin/busybox (busybox-static)");
+    for dir in ["dev", "proc", "sys", "tmp"] {
+        guest.dir(dir);
+    }
+    guest
+        .char_device("dev/console", 5, 1)
+        .file("init", 0o755, GUEST_INIT);
+    guest.write_gz(&initrd).expect("writing the guest initrd");
 
     // Edit the config partition as a user would on a laptop.
     let config = ConfigPartition::of(&stick);

@@ -4,7 +4,6 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
-pub mod cpio;
 pub mod mtools;
 
 use std::path::{Path, PathBuf};
