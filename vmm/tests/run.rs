@@ -174,6 +174,13 @@ fn acpi_poweroff_exit_0_on_two_vcpus() {
     let dir = TempDir::new("poweroff");
     let out = run_kernel(&dir, program(&[ACPI_POWEROFF, HANG]), &["--vcpus", "2"]);
     assert_eq!(out.status.code(), Some(0));
+    // One line per VM, from the boot vCPU, not one per vCPU.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.matches("vCPU 0 entering the guest, ").count(),
+        1,
+        "{err}"
+    );
 }
 
 #[test]
@@ -403,6 +410,63 @@ fn bad_device_fds_exit_2() {
             stderr_of(&out).contains("fd 999 is not open"),
             "{}",
             stderr_of(&out)
+        );
+    }
+}
+
+/// `vmm --check` is what users run on a laptop before copying definitions to
+/// the config partition: each kind of mistake must come back with the file,
+/// line, column and what is allowed, and a later good file must not hide an
+/// earlier bad one.
+#[test]
+fn check_rejects_each_kind_of_bad_definition_precisely() {
+    let dir = TempDir::new("check-bad");
+    dir.write("guests/web/bzImage", &program(&[HANG]));
+    let good = dir.write("guests/good.toml", b"[boot]\nkernel = \"web/bzImage\"\n");
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "unknown-key",
+            "[boot]\nkernal = \"web/bzImage\"\n",
+            "unknown-key.toml:2:1: unknown key 'kernal' in [boot] (allowed: kernel, initrd, cmdline)",
+        ),
+        (
+            "range",
+            "[machine]\nvcpus = 64\n[boot]\nkernel = \"web/bzImage\"\n",
+            "range.toml:2:9: vcpus = 64 is out of range (allowed 1..=32)",
+        ),
+        (
+            "wrong-type",
+            "[machine]\nmemory_mib = \"lots\"\n[boot]\nkernel = \"web/bzImage\"\n",
+            "wrong-type.toml:2:14: memory_mib must be an integer in 16..=1048576, found a string",
+        ),
+        (
+            "bad-mac",
+            "[boot]\nkernel = \"web/bzImage\"\n[[net]]\ntap = \"tap0\"\nmac = \"01:00:5e:00:00:01\"\n",
+            "bad-mac.toml:5:7: mac 01:00:5e:00:00:01 is a multicast address",
+        ),
+        (
+            "missing-kernel",
+            "[boot]\nkernel = \"web/none\"\n",
+            "missing-kernel.toml: kernel",
+        ),
+        ("no-boot", "[machine]\nvcpus = 1\n", "no-boot.toml:"),
+        (
+            "Bad_Name",
+            "[boot]\nkernel = \"web/bzImage\"\n",
+            "Bad_Name.toml:1:1:",
+        ),
+        ("not-toml", "[boot\nkernel = 1\n", "not-toml.toml:1:6: invalid TOML"),
+    ];
+    for (name, text, expected) in cases {
+        let def = dir.write(&format!("guests/{name}.toml"), text.as_bytes());
+        let out = vmm(&["--check", def.to_str().unwrap(), good.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(
+            err.contains(expected),
+            "{name}: expected {expected:?} in:\n{err}"
         );
     }
 }
