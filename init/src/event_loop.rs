@@ -14,6 +14,7 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::boot_report::{self, BootReport, GuestProgress};
 use crate::cmdline::{ConfigSource, Options};
 use crate::discovery::{self, ConfigMount, Loaded, CONFIG_DIR};
 use crate::fetch::MIRROR_DIR;
@@ -25,7 +26,7 @@ use crate::remote_config::Pending;
 use crate::signals::{self, SignalEvent};
 use crate::supervisor::{Action, Exit, Verdict, CRASH_LOOP_FAILURES, CRASH_LOOP_WINDOW};
 use crate::watchdog::Watchdog;
-use crate::{cgroup, data_mounts, power_button};
+use crate::{cgroup, data_mounts, logger, power_button};
 
 /// How long boot waits quietly for a slow USB/SD config device before
 /// saying it is missing.
@@ -83,10 +84,12 @@ pub struct Init {
     guests: heapless::Vec<Guest, MAX_GUESTS>,
     console: ConsoleOut,
     shutdown: Option<Shutdown>,
+    boot_report: BootReport,
 }
 
 impl Init {
-    pub fn new(opts: &Options, signals: SignalFd, epoll: Epoll) -> Init {
+    /// `started`: time since boot when init began, for the boot report.
+    pub fn new(opts: &Options, signals: SignalFd, epoll: Epoll, started: Duration) -> Init {
         let now = Instant::now();
         if let Err(e) = epoll.add(
             signals.as_fd(),
@@ -157,6 +160,7 @@ impl Init {
             guests: heapless::Vec::new(),
             console: ConsoleOut::open(),
             shutdown: None,
+            boot_report: BootReport::new(started),
         }
     }
 
@@ -234,6 +238,21 @@ impl Init {
         guest.read_output(stderr, &mut self.console);
         if !stderr && guest.sup.output_seen() {
             log::info!("{}", guest.status_line());
+            self.report_boot();
+        }
+    }
+
+    /// Logs the boot report once every autostart guest has run.
+    fn report_boot(&mut self) {
+        let guests = self.guests.iter().map(|g| GuestProgress {
+            autostart: g.config.lifecycle.autostart,
+            has_run: g.sup.has_run(),
+        });
+        if let Some(line) =
+            self.boot_report
+                .check(guests, logger::uptime(), boot_report::own_rss_kib())
+        {
+            log::info!("{line}");
         }
     }
 
@@ -274,15 +293,22 @@ impl Init {
             return shutdown_progress(s, &self.guests, now);
         }
         self.search_config(now);
+        let mut now_running = false;
         for i in 0..self.guests.len() {
             let Some(guest) = self.guests.get_mut(i) else {
                 continue;
             };
             match guest.sup.poll(now) {
                 Action::Start => self.start_guest(i, now),
-                Action::NowRunning => log::info!("{}", guest.status_line()),
+                Action::NowRunning => {
+                    log::info!("{}", guest.status_line());
+                    now_running = true;
+                }
                 Action::None => {}
             }
+        }
+        if now_running {
+            self.report_boot();
         }
         None
     }

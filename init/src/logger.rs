@@ -4,6 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
@@ -19,9 +20,9 @@ static LOGGER: InitLogger = InitLogger {
     kmsg: OnceLock::new(),
 };
 
-/// Seconds and microseconds since boot, the same clock the kernel stamps
-/// its own messages with, so both streams line up on the console.
-pub fn uptime() -> (u64, u32) {
+/// Time since boot, the same clock the kernel stamps its own messages
+/// with, so both streams line up on the console.
+pub fn uptime() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -29,9 +30,9 @@ pub fn uptime() -> (u64, u32) {
     // SAFETY: `ts` is a valid, writable timespec.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     if rc != 0 {
-        return (0, 0);
+        return Duration::ZERO;
     }
-    (ts.tv_sec as u64, (ts.tv_nsec / 1000) as u32)
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 fn level_tag(level: Level) -> &'static str {
@@ -53,7 +54,8 @@ impl Log for InitLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let (sec, usec) = uptime();
+        let up = uptime();
+        let (sec, usec) = (up.as_secs(), up.subsec_micros());
         let tag = level_tag(record.level());
         let line = format!("[{sec:5}.{usec:06}] init: {tag}{}\n", record.args());
         // The console may be gone or wedged; PID 1 carries on regardless.

@@ -5,6 +5,7 @@
 //! by policy, until a power button, Ctrl-Alt-Del or signal shuts down.
 //! PID 1 must never exit or panic: every error is logged and lived with.
 
+mod boot_report;
 mod cgroup;
 mod cmdline;
 mod console;
@@ -81,6 +82,7 @@ fn idle_forever() -> ! {
 }
 
 fn main() {
+    let started = logger::uptime();
     let banner = banner();
     let _ = std::io::stdout().write_all(banner.as_bytes());
     let mounts = early_mounts::mount_all();
@@ -119,7 +121,7 @@ fn main() {
             idle_forever();
         }
     };
-    let init = event_loop::Init::new(&opts, signals, epoll);
+    let init = event_loop::Init::new(&opts, signals, epoll, started);
     let action = init.run();
     power::finish(action);
 }

@@ -135,6 +135,7 @@ pub struct Supervisor {
     started_at: Option<Instant>,
     failures: Deque<Instant, CRASH_LOOP_FAILURES>,
     shutting_down: bool,
+    has_run: bool,
 }
 
 impl Supervisor {
@@ -147,6 +148,7 @@ impl Supervisor {
             started_at: None,
             failures: Deque::new(),
             shutting_down: false,
+            has_run: false,
         }
     }
 
@@ -156,6 +158,11 @@ impl Supervisor {
 
     pub fn restarts(&self) -> u32 {
         self.restarts
+    }
+
+    /// Whether the guest has been `running` at least once.
+    pub fn has_run(&self) -> bool {
+        self.has_run
     }
 
     /// Schedules the first start (autostart).
@@ -174,6 +181,7 @@ impl Supervisor {
     pub fn output_seen(&mut self) -> bool {
         if let State::Starting { pid } = self.state {
             self.state = State::Running { pid };
+            self.has_run = true;
             return true;
         }
         false
@@ -190,6 +198,7 @@ impl Supervisor {
                     .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
                 if up_for >= STARTUP_GRACE {
                     self.state = State::Running { pid };
+                    self.has_run = true;
                     Action::NowRunning
                 } else {
                     Action::None
@@ -303,8 +312,10 @@ mod tests {
         assert_eq!(sup.state(), State::Starting { pid: 42 });
         assert_eq!(sup.deadline(), Some(t0 + STARTUP_GRACE));
         assert_eq!(sup.poll(t0 + secs(1)), Action::None);
+        assert!(!sup.has_run());
         assert_eq!(sup.poll(t0 + STARTUP_GRACE), Action::NowRunning);
         assert_eq!(sup.state(), State::Running { pid: 42 });
+        assert!(sup.has_run());
     }
 
     #[test]
@@ -314,7 +325,24 @@ mod tests {
         sup.spawned(7, t0);
         assert!(sup.output_seen());
         assert_eq!(sup.state(), State::Running { pid: 7 });
+        assert!(sup.has_run());
         assert!(!sup.output_seen());
+    }
+
+    #[test]
+    fn has_run_outlives_the_run() {
+        let t0 = Instant::now();
+        let mut sup = Supervisor::new(RestartPolicy::Always);
+        sup.spawned(7, t0);
+        assert_eq!(
+            sup.exited(Exit::Code(1), t0 + secs(1)),
+            Verdict::RestartAfter(secs(1))
+        );
+        assert!(!sup.has_run(), "a vmm that died starting never ran");
+        sup.spawned(8, t0 + secs(2));
+        assert!(sup.output_seen());
+        sup.exited(Exit::Code(1), t0 + secs(3));
+        assert!(sup.has_run());
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct RunOptions {
     pub ids: Option<(u32, u32)>,
     pub seccomp: bool,
     pub shutdown_timeout: Duration,
+    /// When the process started: the boot vCPU reports how long it took.
+    pub started: Instant,
 }
 
 /// How often a shutdown request is repeated while the guest has not
@@ -144,9 +146,10 @@ pub fn run(vmm: Vmm, signals: &SignalFd, opts: &RunOptions) -> Result<ExitReason
     let mut handles = Vec::new();
     for vcpu in vcpus {
         let (start, stop, filter) = (start.clone(), stop.clone(), vcpu_filter.clone());
+        let started = opts.started;
         let handle = thread::Builder::new()
             .name(format!("vcpu{}", vcpu.id()))
-            .spawn(move || vcpu.run(start, filter, stop))
+            .spawn(move || vcpu.run(start, filter, stop, started))
             .map_err(|e| Fatal::vmm(format!("cannot start vCPU thread: {e}")))?;
         handles.push(handle);
     }

@@ -17,6 +17,7 @@ mod virtio_attach;
 mod vstate;
 
 use std::path::Path;
+use std::time::Instant;
 
 use cli::{Mode, RunArgs, Source};
 use error::Fatal;
@@ -25,6 +26,7 @@ use signals::SignalFd;
 use spec::VmSpec;
 
 fn main() {
+    let started = Instant::now();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let verbose = args.iter().any(|a| a == "-v" || a == "--verbose");
     logger::init(verbose);
@@ -38,7 +40,7 @@ fn main() {
             0
         }
         Ok(Mode::Check(files)) => check(&files),
-        Ok(Mode::Run(args)) => run(&args).unwrap_or_else(|e| {
+        Ok(Mode::Run(args)) => run(&args, started).unwrap_or_else(|e| {
             log::error!("{e}");
             e.code
         }),
@@ -73,7 +75,7 @@ fn check_one(file: &Path) -> Result<(), Fatal> {
     Ok(())
 }
 
-fn run(args: &RunArgs) -> Result<i32, Fatal> {
+fn run(args: &RunArgs, started: Instant) -> Result<i32, Fatal> {
     // Before any thread exists, so every thread inherits the mask.
     let signals = SignalFd::block(signals::SHUTDOWN_SIGNALS)
         .map_err(|e| Fatal::vmm(format!("cannot set up signal handling: {e}")))?;
@@ -105,6 +107,7 @@ fn run(args: &RunArgs) -> Result<i32, Fatal> {
         ids: args.ids,
         seccomp: args.seccomp,
         shutdown_timeout: args.shutdown_timeout,
+        started,
     };
     let reason = lifecycle::run(vmm, &signals, &opts)?;
     log::info!("guest stopped: {reason:?} (exit code {})", reason.code());
