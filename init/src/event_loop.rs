@@ -612,6 +612,9 @@ fn report_exit(guest: &Guest, exit: Exit, verdict: Verdict) {
              giving up on this guest",
             CRASH_LOOP_WINDOW.as_secs()
         ),
+        Verdict::Invalid => log::error!(
+            "guest {name}: {exit}; not restarting: fix the definition (vmm --check) and reboot"
+        ),
         Verdict::ShuttingDown => log::info!("guest {name}: {exit}"),
     }
     log::info!("{}", guest.status_line());

@@ -22,6 +22,7 @@ pub const STARTUP_GRACE: Duration = Duration::from_secs(2);
 /// vmm exit codes (see the team contract).
 pub mod exit_code {
     pub const POWERED_OFF: i32 = 0;
+    pub const INVALID: i32 = 2;
     pub const REBOOT: i32 = 3;
     pub const STOPPED_BY_HOST: i32 = 5;
 }
@@ -113,6 +114,9 @@ pub enum Verdict {
     Stay,
     /// Too many failures in a row.
     CrashLoop,
+    /// The vmm rejected the definition or kernel: the config partition is
+    /// read-only for this boot, so a restart would only fail the same way.
+    Invalid,
     /// Host is shutting down.
     ShuttingDown,
 }
@@ -229,6 +233,10 @@ impl Supervisor {
         }
         if ran_for >= STABLE_RUN {
             self.backoff = BACKOFF_FIRST;
+        }
+        if exit == Exit::Code(exit_code::INVALID) {
+            self.state = State::Failed;
+            return Verdict::Invalid;
         }
         if exit.is_failure() && self.record_failure(now) {
             self.state = State::Failed;
@@ -446,7 +454,7 @@ mod tests {
             (Exit::Code(5), Verdict::Stay, "stopped"),
             (Exit::Code(3), Verdict::RestartAfter(secs(1)), "backing off"),
             (Exit::Code(1), Verdict::RestartAfter(secs(1)), "backing off"),
-            (Exit::Code(2), Verdict::RestartAfter(secs(1)), "backing off"),
+            (Exit::Code(2), Verdict::Invalid, "failed"),
             (Exit::Code(4), Verdict::RestartAfter(secs(1)), "backing off"),
             (
                 Exit::Signal(9),
@@ -464,6 +472,17 @@ mod tests {
             assert_eq!(sup.exited(exit, t0 + secs(1)), verdict, "{exit:?}");
             assert_eq!(sup.state().name(), state, "{exit:?}");
         }
+    }
+
+    #[test]
+    fn a_rejected_definition_is_not_restarted_even_under_always() {
+        let t0 = Instant::now();
+        let mut sup = Supervisor::new(RestartPolicy::Always);
+        sup.spawned(1, t0);
+        assert_eq!(sup.exited(Exit::Code(2), t0 + secs(1)), Verdict::Invalid);
+        assert_eq!(sup.state(), State::Failed);
+        assert_eq!(sup.poll(t0 + secs(3600)), Action::None);
+        assert_eq!(sup.restarts(), 0);
     }
 
     #[test]
