@@ -49,3 +49,23 @@ stage() {
     "$@"
     log "$name: done in $((SECONDS - t0)) s"
 }
+
+# Each kernel build directory takes a few hundred MB and a fragment change
+# makes a new one. Keeps the newest two per profile (the one just built and
+# the previous, so switching back one commit stays instant) and leaves alone
+# any directory whose lock another build holds.
+prune_kernel_cache() {
+    local profile=$1 dir
+    local dirs
+    mapfile -t dirs < <(ls -1dt "$HV_CACHE/kernel/$profile"-*/ 2>/dev/null | tail -n +3)
+    for dir in "${dirs[@]}"; do
+        dir=${dir%/}
+        (
+            exec 9>"$dir.lock"
+            flock -n 9 || exit 0
+            log "removing old kernel build $dir"
+            rm -rf "$dir"
+            rm -f "$dir.lock"
+        )
+    done
+}
