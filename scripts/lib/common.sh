@@ -51,15 +51,24 @@ stage() {
 }
 
 # Each kernel build directory takes a few hundred MB and a fragment change
-# makes a new one. Keeps the newest two per profile (the one just built and
-# the previous, so switching back one commit stays instant) and leaves alone
-# any directory whose lock another build holds.
+# makes a new one. Keeps the directory in use (given as the bzImage path,
+# and marked as used now, since a cache hit does not touch it) and the most
+# recently used other one, so switching back one commit stays instant; leaves
+# alone any directory whose lock another build holds.
 prune_kernel_cache() {
-    local profile=$1 dir
-    local dirs
-    mapfile -t dirs < <(ls -1dt "$HV_CACHE/kernel/$profile"-*/ 2>/dev/null | tail -n +3)
+    local profile=$1 in_use
+    in_use=$(dirname "$2")
+    touch "$in_use"
+    local dirs dir
+    mapfile -t dirs < <(ls -1dt "$HV_CACHE/kernel/$profile"-*/ 2>/dev/null)
+    local kept_other=0
     for dir in "${dirs[@]}"; do
         dir=${dir%/}
+        [ "$dir" -ef "$in_use" ] && continue
+        if [ $kept_other -eq 0 ]; then
+            kept_other=1
+            continue
+        fi
         (
             exec 9>"$dir.lock"
             flock -n 9 || exit 0
