@@ -240,15 +240,18 @@ impl Cpio {
         let mut out = Vec::new();
         for (i, entry) in self.entries.iter().enumerate() {
             let nlink = if entry.mode & S_IFDIR != 0 { 2 } else { 1 };
-            newc_record(&mut out, i as u32 + 1, entry, nlink);
+            let mut writer = cpio::newc::Builder::new(&entry.path)
+                .ino(i as u32 + 1)
+                .mode(entry.mode)
+                .nlink(nlink)
+                .rdev_major(entry.rdev.0)
+                .rdev_minor(entry.rdev.1)
+                .write(&mut out, entry.data.len() as u32);
+            // Writing into a Vec cannot fail.
+            writer.write_all(&entry.data).expect("in-memory write");
+            writer.finish().expect("in-memory write");
         }
-        let trailer = Entry {
-            path: "TRAILER!!!".into(),
-            mode: 0,
-            rdev: (0, 0),
-            data: Vec::new(),
-        };
-        newc_record(&mut out, 0, &trailer, 1);
+        cpio::newc::trailer(&mut out).expect("in-memory write");
         out
     }
 
@@ -275,38 +278,6 @@ impl Cpio {
         }
         Ok(())
     }
-}
-
-fn newc_record(out: &mut Vec<u8>, ino: u32, entry: &Entry, nlink: u32) {
-    let name_size = entry.path.len() as u32 + 1;
-    let fields = [
-        ino,
-        entry.mode,
-        0, // uid
-        0, // gid
-        nlink,
-        0, // mtime
-        entry.data.len() as u32,
-        0, // devmajor
-        0, // devminor
-        entry.rdev.0,
-        entry.rdev.1,
-        name_size,
-        0, // check
-    ];
-    out.extend_from_slice(b"070701");
-    for field in fields {
-        out.extend_from_slice(format!("{field:08x}").as_bytes());
-    }
-    out.extend_from_slice(entry.path.as_bytes());
-    out.push(0);
-    pad4(out);
-    out.extend_from_slice(&entry.data);
-    pad4(out);
-}
-
-fn pad4(out: &mut Vec<u8>) {
-    out.resize(out.len().next_multiple_of(4), 0);
 }
 
 /// A busybox guest initramfs: busybox init runs `/etc/rc`, which first
