@@ -18,6 +18,7 @@ use crate::devices::acpi_pm::{self, AcpiPm};
 use crate::devices::bus::{Bus, SharedDevice};
 use crate::devices::irq::{EdgeIrq, KvmIrqLine};
 use crate::devices::legacy::{Cmos, SerialDevice, I8042};
+use crate::devices::virtio::WorkerGate;
 use crate::error::Fatal;
 use crate::exit::ExitHandle;
 use crate::spec::VmSpec;
@@ -31,6 +32,8 @@ pub struct Vmm {
     pub i8042: Arc<Mutex<I8042>>,
     pub pm: Arc<Mutex<AcpiPm>>,
     pub exit: Arc<ExitHandle>,
+    /// The virtio worker threads, not started yet.
+    pub workers: Vec<WorkerGate>,
     /// Kept alive for the lifetime of the VM (KVM holds raw pointers into
     /// guest memory).
     pub mem: GuestMemoryMmap,
@@ -153,12 +156,12 @@ pub fn build(spec: &VmSpec, fds: &HandedFds) -> Result<Vmm, Fatal> {
         acpi_pm::BLOCK_LEN,
     )?;
 
-    let virtio_slots = match &spec.guest {
+    let virtio = match &spec.guest {
         Some(guest) => virtio_attach::attach(guest, fds, &vm, &mem, &mut mmio)?,
-        None => Vec::new(),
+        None => Default::default(),
     };
 
-    let cmdline = boot::build_cmdline(&spec.cmdline, &virtio_slots).map_err(|e| {
+    let cmdline = boot::build_cmdline(&spec.cmdline, &virtio.slots).map_err(|e| {
         Fatal::invalid(match &spec.definition {
             Some(def) => format!("{}: {e}", def.display()),
             None => e,
@@ -201,6 +204,7 @@ pub fn build(spec: &VmSpec, fds: &HandedFds) -> Result<Vmm, Fatal> {
         i8042,
         pm,
         exit,
+        workers: virtio.workers,
         mem,
         _kvm: kvm,
     })

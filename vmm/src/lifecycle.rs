@@ -19,6 +19,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::builder::Vmm;
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::legacy::{SerialDevice, I8042};
+use crate::devices::virtio::WorkerGate;
 use crate::error::Fatal;
 use crate::exit::{ExitHandle, ExitReason};
 use crate::seccomp::{self, ThreadKind};
@@ -132,9 +133,16 @@ pub fn run(vmm: Vmm, signals: &SignalFd, opts: &RunOptions) -> Result<ExitReason
         i8042,
         pm,
         exit,
+        workers,
         mem: _mem,
         ..
     } = vmm;
+    // no_new_privs is per thread: set here, before the vCPU threads exist,
+    // they inherit it; a worker sets it when it installs its filter.
+    set_no_new_privs()?;
+    // Every thread installs its own filter. The workers' go on first,
+    // before any vCPU exists to hand them queues.
+    start_workers(workers, opts.seccomp)?;
     let start = Arc::new(Barrier::new(vcpus.len() + 1));
     let stop = Arc::new(AtomicBool::new(false));
     let vcpu_filter = match opts.seccomp {
@@ -162,15 +170,8 @@ pub fn run(vmm: Vmm, signals: &SignalFd, opts: &RunOptions) -> Result<ExitReason
     };
     let epoll = event_set(&controls, signals, terminal.as_ref())?;
 
-    // Every thread exists and is done starting up: filter them all, then
-    // let the vCPUs go and narrow each thread's filter to its own kind.
-    start.wait();
-    set_no_new_privs()?;
-    if opts.seccomp {
-        let all = seccomp::process_filter().map_err(Fatal::vmm)?;
-        seccompiler::apply_filter_all_threads(&all)
-            .map_err(|e| Fatal::vmm(format!("cannot install seccomp filter: {e}")))?;
-    }
+    // Let the vCPUs go (each installs its own filter first), then filter
+    // the main thread.
     start.wait();
     if opts.seccomp {
         let main = seccomp::filter(ThreadKind::Main).map_err(Fatal::vmm)?;
@@ -191,6 +192,26 @@ pub fn run(vmm: Vmm, signals: &SignalFd, opts: &RunOptions) -> Result<ExitReason
     threads.stop();
     drop(terminal);
     result
+}
+
+/// Lets each virtio worker run, under the filter for its device kind.
+fn start_workers(workers: Vec<WorkerGate>, seccomp: bool) -> Result<(), Fatal> {
+    for gate in workers {
+        let filter = match seccomp {
+            true => {
+                let kind = ThreadKind::virtio_worker(gate.device_type()).ok_or_else(|| {
+                    Fatal::vmm(format!(
+                        "no seccomp filter for virtio device type {}",
+                        gate.device_type()
+                    ))
+                })?;
+                Some(seccomp::filter(kind).map_err(Fatal::vmm)?)
+            }
+            false => None,
+        };
+        gate.open(filter).map_err(Fatal::vmm)?;
+    }
+    Ok(())
 }
 
 /// The main loop's epoll set, created before the seccomp filters go on.

@@ -13,7 +13,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::x86_64::layout::{virtio_mmio_addr, MAX_GSI, VIRTIO_GSI_BASE, VIRTIO_MMIO_SIZE};
 use crate::devices::bus::Bus;
-use crate::devices::virtio::{Block, MmioTransport, Net, Rng, Tap, VirtioDevice};
+use crate::devices::virtio::{Block, MmioTransport, Net, Rng, Tap, VirtioDevice, WorkerGate};
 use crate::error::Fatal;
 
 /// Offset of the QueueNotify register in a virtio-mmio window.
@@ -93,16 +93,25 @@ fn devices(guest: &GuestConfig, fds: &HandedFds) -> Result<Vec<Box<dyn VirtioDev
     Ok(out)
 }
 
-/// Creates the transports (each spawns its worker thread), maps them and
-/// wires their interrupts and queue notifications into KVM. Returns the
-/// (address, GSI) of each for the kernel command line.
+/// The virtio devices of a built VM.
+#[derive(Default)]
+pub struct Attached {
+    /// (address, GSI) of each transport, for the kernel command line.
+    pub slots: Vec<(u64, u32)>,
+    /// The transports' worker threads, waiting to be started.
+    pub workers: Vec<WorkerGate>,
+}
+
+/// Creates the transports (each spawns its worker thread, which waits for
+/// its gate), maps them and wires their interrupts and queue notifications
+/// into KVM.
 pub fn attach(
     guest: &GuestConfig,
     fds: &HandedFds,
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     bus: &mut Bus,
-) -> Result<Vec<(u64, u32)>, Fatal> {
+) -> Result<Attached, Fatal> {
     let devices = devices(guest, fds)?;
     let max = (MAX_GSI - VIRTIO_GSI_BASE + 1) as usize;
     if devices.len() > max {
@@ -112,13 +121,13 @@ pub fn attach(
             devices.len()
         )));
     }
-    let mut slots = Vec::new();
+    let mut attached = Attached::default();
     for (i, device) in devices.into_iter().enumerate() {
         let (addr, gsi) = (virtio_mmio_addr(i), VIRTIO_GSI_BASE + i as u32);
         let irq = EventFd::new(EFD_NONBLOCK).map_err(|e| Fatal::vmm(format!("eventfd: {e}")))?;
         vm.register_irqfd(&irq, gsi)
             .map_err(|e| Fatal::vmm(format!("cannot register irqfd for GSI {gsi}: {e}")))?;
-        let transport = MmioTransport::new(mem.clone(), device, irq)
+        let mut transport = MmioTransport::new(mem.clone(), device, irq)
             .map_err(|e| Fatal::vmm(format!("virtio device {i}: {e}")))?;
         // Queue notifications complete in the kernel instead of exiting to
         // a vCPU thread.
@@ -130,13 +139,14 @@ pub fn attach(
             )
             .map_err(|e| Fatal::vmm(format!("cannot register ioeventfd: {e}")))?;
         }
+        attached.workers.extend(transport.take_worker_gate());
         bus.insert(
             std::sync::Arc::new(std::sync::Mutex::new(transport)),
             addr,
             VIRTIO_MMIO_SIZE,
         )
         .map_err(|e| Fatal::vmm(e.to_string()))?;
-        slots.push((addr, gsi));
+        attached.slots.push((addr, gsi));
     }
-    Ok(slots)
+    Ok(attached)
 }

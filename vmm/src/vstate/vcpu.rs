@@ -56,11 +56,9 @@ impl Vcpu {
         self.id
     }
 
-    /// Thread body: reports in at `start` (thread setup is done), waits
-    /// there again for the go (the process-wide seccomp filter is on by
-    /// then), installs `filter`, then runs the guest until it stops or
-    /// `stop` is set (the caller kicks the thread out of KVM_RUN). The
-    /// boot vCPU logs when it first enters the guest, timed from the
+    /// Thread body: waits at `start` for the go, installs `filter`, then
+    /// runs the guest until it stops or `stop` is set (the caller kicks the
+    /// thread out of KVM_RUN). The boot vCPU logs when it first enters the guest, timed from the
     /// process start (`started`) and from host boot.
     pub fn run(
         mut self,
@@ -69,7 +67,6 @@ impl Vcpu {
         stop: Arc<AtomicBool>,
         started: Instant,
     ) {
-        start.wait();
         start.wait();
         if let Some(filter) = filter {
             if let Err(e) = seccompiler::apply_filter(&filter) {

@@ -14,7 +14,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::complaints::Complaints;
 use super::interrupt::Interrupt;
-use super::worker::{Worker, WorkerThread};
+use super::worker::{Worker, WorkerGate, WorkerThread};
 use super::VirtioDevice;
 use crate::devices::bus::BusDevice;
 
@@ -71,15 +71,30 @@ pub struct MmioTransport {
 
 impl MmioTransport {
     /// Wraps `device`; `irq` is written whenever the interrupt must be raised
-    /// (register it as a KVM irqfd). Spawns the device's worker thread.
+    /// (register it as a KVM irqfd). Spawns the device's worker thread,
+    /// which waits until [`MmioTransport::take_worker_gate`] is opened.
     pub fn new(
         mem: GuestMemoryMmap,
         device: Box<dyn VirtioDevice>,
         irq: EventFd,
     ) -> io::Result<MmioTransport> {
+        let device_type = device.device_type();
         Self::build(mem, device, irq, |worker, notifiers| {
-            Ok(Executor::Thread(WorkerThread::spawn(worker, notifiers)?))
+            Ok(Executor::Thread(WorkerThread::spawn(
+                worker,
+                device_type,
+                notifiers,
+            )?))
         })
+    }
+
+    /// What starts the worker thread; `None` for an inline transport and
+    /// after the first call.
+    pub fn take_worker_gate(&mut self) -> Option<WorkerGate> {
+        match &mut self.executor {
+            Executor::Thread(thread) => thread.take_gate(),
+            Executor::Inline(_) => None,
+        }
     }
 
     /// Like [`MmioTransport::new`], but queues are processed synchronously

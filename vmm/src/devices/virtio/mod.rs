@@ -3,8 +3,10 @@
 //! # Processing model
 //!
 //! Every [`MmioTransport`] owns one worker thread, spawned by
-//! [`MmioTransport::new`] (so before any seccomp filter is installed) and
-//! joined when the transport is dropped. The vcpu thread only touches
+//! [`MmioTransport::new`] and joined when the transport is dropped. The
+//! thread waits until its [`WorkerGate`] is opened, installs the seccomp
+//! filter it is given on itself (it exists before any filter does, so it
+//! inherits none), and only then runs. The vcpu thread only touches
 //! registers: a `QueueNotify` write becomes a write to that queue's
 //! [`EventFd`](vmm_sys_util::eventfd::EventFd) and returns at once. The
 //! worker runs an epoll loop over a control eventfd, the queue-notify
@@ -29,8 +31,8 @@
 //!
 //! # System calls made by the worker threads
 //!
-//! For a seccomp allow-list (apply it with TSYNC: the threads already
-//! exist when the filter is installed). Checked with strace on the tests:
+//! The per-device-kind allow-lists in `crate::seccomp` follow this list;
+//! checked with strace on the tests:
 //! - all devices: `epoll_pwait` (musl) / `epoll_wait` (glibc), `epoll_ctl`,
 //!   `read` and `write` (eventfds, tap, log lines on stderr), `futex`,
 //!   memory management for per-request buffers (`mmap`, `munmap`,
@@ -70,6 +72,7 @@ pub use net::Net;
 pub use queue::QueueContext;
 pub use rng::Rng;
 pub use tap::Tap;
+pub use worker::WorkerGate;
 
 /// One virtio device model: identity, features and configuration space.
 /// The queue processing lives in the [`QueueProcessor`] it hands out, which

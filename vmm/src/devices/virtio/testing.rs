@@ -70,7 +70,8 @@ impl Driver {
     pub fn new(device: Box<dyn VirtioDevice>) -> Driver {
         let mem = guest_memory();
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
-        let dev = MmioTransport::new(mem.clone(), device, irq.try_clone().unwrap()).unwrap();
+        let mut dev = MmioTransport::new(mem.clone(), device, irq.try_clone().unwrap()).unwrap();
+        dev.take_worker_gate().unwrap().open(None).unwrap();
         Driver::with(mem, dev, irq, true)
     }
 

@@ -1,6 +1,12 @@
 //! The per-device worker: owns the queues while the device is active and
 //! runs the device's queue processor, on its own thread (or inline, for the
 //! fuzz driver).
+//!
+//! A worker thread is spawned while the devices are built, but sits idle
+//! until its [`WorkerGate`] is opened: the VMM first drops its privileges
+//! (which runs setuid and friends on every thread) and then hands each
+//! worker its seccomp filter, which the worker installs on itself before
+//! it handles anything the guest controls.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -8,6 +14,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
+use seccompiler::BpfProgram;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -18,7 +25,16 @@ use super::queue::QueueContext;
 use super::QueueProcessor;
 
 pub(crate) enum Command {
-    Activate { queues: Vec<Queue>, features: u64 },
+    /// Always the first command: install the filter, if any, then run.
+    /// The ack is dropped unsent if the filter does not go on.
+    Start {
+        filter: Option<BpfProgram>,
+        done: SyncSender<()>,
+    },
+    Activate {
+        queues: Vec<Queue>,
+        features: u64,
+    },
     StopQueue(usize, SyncSender<()>),
     Reset(SyncSender<()>),
     Exit,
@@ -127,12 +143,18 @@ pub(crate) struct WorkerThread {
     commands: mpsc::Sender<Command>,
     control: EventFd,
     handle: Option<JoinHandle<()>>,
+    /// Handed out once, so the worker gets exactly one `Start`.
+    gate: Option<WorkerGate>,
 }
 
 impl WorkerThread {
     /// Spawns the thread; `notifiers` are the queue-notify eventfds
     /// (index = queue index).
-    pub(crate) fn spawn(worker: Worker, notifiers: Vec<EventFd>) -> io::Result<Self> {
+    pub(crate) fn spawn(
+        worker: Worker,
+        device_type: u32,
+        notifiers: Vec<EventFd>,
+    ) -> io::Result<Self> {
         let control = EventFd::new(EFD_NONBLOCK)?;
         let epoll = Epoll::new()?;
         add(&epoll, control.as_raw_fd(), CONTROL_TOKEN, EventSet::IN)?;
@@ -152,12 +174,27 @@ impl WorkerThread {
         let thread_control = control.try_clone()?;
         let handle = thread::Builder::new()
             .name(format!("{}-worker", worker.name))
-            .spawn(move || run_loop(worker, epoll, thread_control, receiver, notifiers))?;
+            .spawn(move || {
+                if wait_for_start(worker.name, &receiver) {
+                    run_loop(worker, epoll, thread_control, receiver, notifiers);
+                }
+            })?;
+        let gate = WorkerGate {
+            device_type,
+            commands: commands.clone(),
+        };
         Ok(WorkerThread {
             commands,
             control,
             handle: Some(handle),
+            gate: Some(gate),
         })
+    }
+
+    /// The handle that lets the worker start (the first call only); see
+    /// [`WorkerGate`].
+    pub(crate) fn take_gate(&mut self) -> Option<WorkerGate> {
+        self.gate.take()
     }
 
     fn send(&self, command: Command) -> bool {
@@ -201,6 +238,57 @@ impl Drop for WorkerThread {
         if let Some(handle) = self.handle.take() {
             let _ = handle.join();
         }
+    }
+}
+
+/// Lets one worker thread start, under a seccomp filter of the caller's
+/// choosing. Until then the worker only waits (dropping its transport
+/// still ends it).
+pub struct WorkerGate {
+    device_type: u32,
+    commands: mpsc::Sender<Command>,
+}
+
+impl WorkerGate {
+    /// Virtio device ID (`VIRTIO_ID_*`) of the worker's device, to pick
+    /// its filter.
+    pub fn device_type(&self) -> u32 {
+        self.device_type
+    }
+
+    /// Starts the worker; returns once it has installed `filter` on its own
+    /// thread. On failure the worker has logged why and ended.
+    pub fn open(self, filter: Option<BpfProgram>) -> Result<(), String> {
+        let (done, started) = mpsc::sync_channel(1);
+        let sent = self.commands.send(Command::Start { filter, done });
+        match sent.is_ok() && started.recv().is_ok() {
+            true => Ok(()),
+            false => Err(format!(
+                "virtio device type {}: worker did not start",
+                self.device_type
+            )),
+        }
+    }
+}
+
+/// Blocks until the worker may run (`true`) or must end (`false`). The
+/// filter goes on here, before the first queue is handed over.
+fn wait_for_start(name: &str, commands: &Receiver<Command>) -> bool {
+    match commands.recv() {
+        Ok(Command::Start { filter, done }) => {
+            if let Some(filter) = filter {
+                if let Err(e) = seccompiler::apply_filter(&filter) {
+                    log::error!("{name} worker: cannot install seccomp filter: {e}");
+                    return false;
+                }
+            }
+            let _ = done.send(());
+            true
+        }
+        // Dropped before it was started. No other command can come first:
+        // the queues are handed over by vCPUs, which run only after every
+        // gate is open.
+        _ => false,
     }
 }
 
@@ -248,6 +336,8 @@ fn run_loop(
                                 leftover = 0;
                                 let _ = ack.send(());
                             }
+                            // Only one gate exists, and it was used.
+                            Ok(Command::Start { .. }) => {}
                             Ok(Command::Exit) | Err(TryRecvError::Disconnected) => return,
                             Err(TryRecvError::Empty) => break,
                         }
@@ -290,5 +380,35 @@ fn run_loop(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    use super::super::testing::guest_memory;
+    use super::super::{MmioTransport, Rng};
+
+    fn transport() -> MmioTransport {
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        MmioTransport::new(guest_memory(), Box::new(Rng::new()), irq).unwrap()
+    }
+
+    #[test]
+    fn a_worker_that_never_started_ends_with_its_transport() {
+        let mut dev = transport();
+        let gate = dev.take_worker_gate().unwrap();
+        // Joins the worker, which is still waiting for its start.
+        drop(dev);
+        assert!(gate.open(None).is_err());
+    }
+
+    #[test]
+    fn the_gate_is_handed_out_once() {
+        let mut dev = transport();
+        let gate = dev.take_worker_gate().unwrap();
+        assert!(dev.take_worker_gate().is_none());
+        gate.open(None).unwrap();
     }
 }
