@@ -4,7 +4,7 @@ use std::fmt;
 use std::fs;
 use std::io;
 use std::os::unix::fs::FileTypeExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use crate::error::{ConfigError, Position, Source};
 use crate::fields::{parse_document, Fields, Str};
@@ -418,6 +418,20 @@ fn disk_source(
         Err(f.source().error_at(
             p.span.clone(),
             "disks cannot be chosen by UUID (allowed: a path, LABEL=x or PARTLABEL=x)",
+        ))
+    } else if Path::new(p.value)
+        .components()
+        .any(|c| c == Component::ParentDir)
+    {
+        // A disk is opened writable: '..' could climb from the config
+        // partition to /dev and name the boot medium itself.
+        Err(f.source().error_at(
+            p.span.clone(),
+            format!(
+                "path '{}' must not contain '..' (use an absolute path such as \
+                 /data/web.img, or one inside the definition's directory)",
+                p.value
+            ),
         ))
     } else {
         Ok(DiskSource::Path(base.join(p.value)))

@@ -15,8 +15,11 @@ use crate::names::{
 pub const DEFAULT_HOSTNAME: &str = "hv";
 pub const DEFAULT_SHUTDOWN_TIMEOUT_S: u32 = 30;
 pub const MAX_SHUTDOWN_TIMEOUT_S: u32 = 3600;
-/// Mount points that would hide the kernel's own file systems.
-pub const RESERVED_MOUNT_DIRS: [&str; 4] = ["/proc", "/sys", "/dev", "/run"];
+/// The one directory data file systems may be mounted on or below. An
+/// allow-list rather than a deny-list: everything else in the initramfs
+/// (/init, /bin/vmm, /mnt/config, /proc, /dev, /run, /etc, ...) is init's
+/// own, and a mount there would hide it from init or the vmm jails.
+pub const MOUNT_ROOT: &str = "/data";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostConfig {
@@ -466,15 +469,10 @@ fn mount_target(v: &str) -> Result<PathBuf, String> {
         return Err(format!("target '{v}' must not contain '.' or '..'"));
     }
     let normal: PathBuf = path.components().collect();
-    if normal == Path::new("/") {
-        return Err(
-            "target '/' would hide the running system; use a directory such as /data".into(),
-        );
-    }
-    if let Some(dir) = RESERVED_MOUNT_DIRS.iter().find(|d| normal.starts_with(d)) {
+    if !normal.starts_with(MOUNT_ROOT) {
         return Err(format!(
-            "target '{v}' is inside {dir}, which belongs to the kernel (not allowed: {})",
-            RESERVED_MOUNT_DIRS.join(", ")
+            "target '{v}' must be {MOUNT_ROOT} or a directory inside it \
+             (the rest of the file system is the host's own)"
         ));
     }
     Ok(normal)

@@ -359,6 +359,15 @@ fn bad_values_are_explained() {
         )),
         "guests/web.toml:6:8: path 'a.img' is already used by the [[disk]] at line 3"
     );
+    for path in ["../../../dev/sda2", "/dev/../dev/sda2", "disks/../../x.img"] {
+        assert_eq!(
+            err(&format!("{k}[[disk]]\npath = \"{path}\"\n")),
+            format!(
+                "guests/web.toml:4:8: path '{path}' must not contain '..' (use an absolute \
+                 path such as /data/web.img, or one inside the definition's directory)"
+            )
+        );
+    }
     let mut text = k.to_string();
     for i in 0..17 {
         text.push_str(&format!("[[disk]]\npath = \"d{i}.img\"\n"));

@@ -43,15 +43,15 @@ fstype = "ext4"
 
 [[mount]]
 source = "/dev/sda3"
-target = "/srv/images/"
+target = "/data/images/"
 
 [[mount]]
 source = "UUID=0a1b2c3d"
-target = "/var/lib/x"
+target = "/data/var/lib/x"
 
 [[mount]]
 source = "PARTLABEL=scratch"
-target = "/scratch"
+target = "/data/scratch"
 "#;
 
 #[test]
@@ -98,17 +98,17 @@ fn full_example_parses_with_every_field() {
                 },
                 Mount {
                     source: MountSource::Device("/dev/sda3".into()),
-                    target: "/srv/images".into(),
+                    target: "/data/images".into(),
                     fstype: None,
                 },
                 Mount {
                     source: MountSource::Uuid("0a1b2c3d".into()),
-                    target: "/var/lib/x".into(),
+                    target: "/data/var/lib/x".into(),
                     fstype: None,
                 },
                 Mount {
                     source: MountSource::PartLabel("scratch".into()),
-                    target: "/scratch".into(),
+                    target: "/data/scratch".into(),
                     fstype: None,
                 },
             ],
@@ -268,24 +268,42 @@ fn mount_errors() {
         "host.toml:3:10: target 'data' must be an absolute path, e.g. /data"
     );
     assert_eq!(
-        m("LABEL=x", "/"),
-        "host.toml:3:10: target '/' would hide the running system; use a directory such as /data"
-    );
-    assert_eq!(
         m("LABEL=x", "/data/../proc"),
         "host.toml:3:10: target '/data/../proc' must not contain '.' or '..'"
     );
-    for reserved in ["/proc", "/sys/fs", "/dev", "/run/x"] {
-        let e = m("LABEL=x", reserved);
-        assert!(
-            e.starts_with(&format!("host.toml:3:10: target '{reserved}' is inside /")),
-            "{e}"
+    // Only /data and below: the rest of the initramfs is init's (its
+    // binary, the vmm, the config partition, the kernel's file systems).
+    for reserved in [
+        "/",
+        "/bin",
+        "/init",
+        "/mnt",
+        "/mnt/config",
+        "/mnt/x",
+        "/proc",
+        "/sys/fs",
+        "/dev",
+        "/run/x",
+        "/tmp",
+        "/etc",
+        "/srv",
+    ] {
+        assert_eq!(
+            m("LABEL=x", reserved),
+            format!(
+                "host.toml:3:10: target '{reserved}' must be /data or a directory inside it \
+                 (the rest of the file system is the host's own)"
+            )
         );
     }
     // A shared prefix is not containment.
+    assert!(
+        err("[[mount]]\nsource = \"LABEL=x\"\ntarget = \"/database\"\n")
+            .contains("must be /data or a directory inside it")
+    );
     assert_eq!(
-        parse("[[mount]]\nsource = \"LABEL=x\"\ntarget = \"/devices\"\n").mounts[0].target,
-        PathBuf::from("/devices")
+        parse("[[mount]]\nsource = \"LABEL=x\"\ntarget = \"/data/vm/\"\n").mounts[0].target,
+        PathBuf::from("/data/vm")
     );
     assert_eq!(
         err("[[mount]]\nsource = \"LABEL=a\"\ntarget = \"/data\"\n\

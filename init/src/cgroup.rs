@@ -22,6 +22,15 @@ pub fn memory_max_bytes(memory_mib: u32) -> u64 {
     (mib + OVERHEAD_MIB + mib / OVERHEAD_PER_MIB_DIVISOR) << 20
 }
 
+/// The vmm runs a thread per vCPU, one worker per virtio device (at most
+/// 16 disks, 8 NICs and an entropy device) and a few of its own; beyond
+/// that a vmm is misbehaving and must not exhaust the host's pids.
+const PIDS_BEYOND_VCPUS: u64 = 32;
+
+pub fn pids_max(vcpus: u8) -> u64 {
+    u64::from(vcpus) + PIDS_BEYOND_VCPUS
+}
+
 /// cpu.weight in the kernel's 1..=10000 range; 100 per vCPU.
 pub fn cpu_weight(vcpus: u8) -> u64 {
     (u64::from(vcpus) * 100).clamp(1, 10_000)
@@ -80,6 +89,9 @@ pub fn guest_group(base: &Path, name: &str, memory_mib: u32, vcpus: u8) -> io::R
     if dir.join("cpu.weight").exists() {
         fs::write(dir.join("cpu.weight"), cpu_weight(vcpus).to_string())?;
     }
+    if dir.join("pids.max").exists() {
+        fs::write(dir.join("pids.max"), pids_max(vcpus).to_string())?;
+    }
     File::open(&dir)
 }
 
@@ -94,6 +106,8 @@ mod tests {
         assert_eq!(cpu_weight(1), 100);
         assert_eq!(cpu_weight(4), 400);
         assert_eq!(cpu_weight(255), 10_000);
+        assert_eq!(pids_max(1), 33);
+        assert_eq!(pids_max(32), 64);
     }
 
     #[test]
@@ -120,6 +134,7 @@ mod tests {
         fs::create_dir(&dir).expect("mkdir");
         fs::write(dir.join("memory.max"), "max").expect("w");
         fs::write(dir.join("cpu.weight"), "100").expect("w");
+        fs::write(dir.join("pids.max"), "max").expect("w");
         guest_group(&base, "web", 1024, 2).expect("group");
         // Reuse after a restart.
         guest_group(&base, "web", 1024, 2).expect("group again");
@@ -130,6 +145,10 @@ mod tests {
         assert_eq!(
             fs::read_to_string(dir.join("cpu.weight")).expect("read"),
             "200"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join("pids.max")).expect("read"),
+            "34"
         );
     }
 }

@@ -51,8 +51,29 @@ impl LineSplitter {
 
     fn emit(&mut self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.prefix);
-        out.append(&mut self.partial);
+        push_printable(&self.partial, out);
+        self.partial.clear();
         out.push(b'\n');
+    }
+}
+
+/// Appends `line` with every control character but tab (C0, DEL, C1 such
+/// as ESC and CSI) and every invalid UTF-8 sequence replaced by '?': a
+/// guest must not drive the host's terminal (move the cursor, rewrite
+/// earlier lines, change its settings). console.log keeps the raw bytes.
+fn push_printable(line: &[u8], out: &mut Vec<u8>) {
+    for chunk in line.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() && c != '\t' {
+                out.push(b'?');
+            } else {
+                let mut utf8 = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            }
+        }
+        if !chunk.invalid().is_empty() {
+            out.push(b'?');
+        }
     }
 }
 
@@ -148,6 +169,20 @@ mod tests {
         );
         assert_eq!(split("[a] ", &[b"no newline yet"]), "");
         assert_eq!(split("[a] ", &[b"\n\n"]), "[a] \n[a] \n");
+    }
+
+    #[test]
+    fn control_characters_do_not_reach_the_console() {
+        assert_eq!(
+            split(
+                "[x] ",
+                &[
+                    b"\x1b[2J\x1b]0;owned\x07\tgr\xc3",
+                    b"\xbcn\x7f\xc2\x9b1m\xff\x08\n"
+                ]
+            ),
+            "[x] ?[2J?]0;owned?\tgr\u{fc}n??1m??\n"
+        );
     }
 
     #[test]

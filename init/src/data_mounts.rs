@@ -3,12 +3,12 @@
 
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use hvconfig::host::{Mount, MountSource};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use crate::discovery::{DEV_DIR, SYS_BLOCK};
+use crate::boot_medium::BootMedium;
 use crate::probe::{self, BlockDevice, DeviceSpec};
 
 pub fn spec_of(source: &MountSource) -> DeviceSpec {
@@ -21,14 +21,12 @@ pub fn spec_of(source: &MountSource) -> DeviceSpec {
 }
 
 /// Mounts every entry whose device is present and returns the mount
-/// points made, in order. `boot_disk` names the disk holding the config
-/// partition: nothing on it is mounted writable.
-pub fn mount_all(mounts: &[Mount], boot_disk: Option<&str>) -> Vec<PathBuf> {
-    let devices = probe::scan(Path::new(SYS_BLOCK), Path::new(DEV_DIR));
+/// points made, in order. Nothing on `boot` is mounted writable.
+pub fn mount_all(mounts: &[Mount], devices: &[BlockDevice], boot: &BootMedium) -> Vec<PathBuf> {
     let mut done = Vec::new();
     for m in mounts {
         let spec = spec_of(&m.source);
-        match mount_one(m, &spec, &devices, boot_disk) {
+        match mount_one(m, &spec, devices, boot) {
             Ok(fstype) => {
                 log::info!("mounted {spec} on {} ({fstype})", m.target.display());
                 done.push(m.target.clone());
@@ -43,13 +41,11 @@ fn mount_one(
     m: &Mount,
     spec: &DeviceSpec,
     devices: &[BlockDevice],
-    boot_disk: Option<&str>,
+    boot: &BootMedium,
 ) -> io::Result<String> {
     let dev = probe::find(spec, devices)
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such device"))?;
-    if boot_disk.is_some()
-        && (dev.disk.as_deref() == boot_disk || Some(dev.name.as_str()) == boot_disk)
-    {
+    if boot.holds_node(&fs::metadata(&dev.node)?) {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(
@@ -112,25 +108,33 @@ mod tests {
 
     #[test]
     fn the_boot_medium_is_never_mounted_writable() {
+        let m = Mount {
+            source: MountSource::Label("nothere".into()),
+            target: "/data".into(),
+            fstype: Some("ext4".into()),
+        };
+        let err =
+            mount_one(&m, &spec_of(&m.source), &[], &BootMedium::default()).expect_err("none");
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        let Some(lo) = crate::boot_medium::tests::LoopDevice::new() else {
+            eprintln!("skipped: needs root and losetup");
+            return;
+        };
+        let name = lo.node.file_name().expect("name").to_string_lossy();
         let devices = [BlockDevice {
-            name: "sda2".into(),
-            node: "/dev/sda2".into(),
-            disk: Some("sda".into()),
+            name: name.to_string(),
+            node: lo.node.clone(),
+            disk: None,
             part_label: None,
             fs: None,
         }];
         let m = Mount {
-            source: MountSource::Device("/dev/sda2".into()),
-            target: "/data".into(),
-            fstype: Some("ext4".into()),
-        };
-        let err = mount_one(&m, &spec_of(&m.source), &devices, Some("sda")).expect_err("refused");
-        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
-        let missing = Mount {
-            source: MountSource::Label("nothere".into()),
+            source: MountSource::Device(lo.node.clone()),
             ..m
         };
-        let err = mount_one(&missing, &spec_of(&missing.source), &devices, None).expect_err("none");
-        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        let err = mount_one(&m, &spec_of(&m.source), &devices, &lo.as_boot_medium())
+            .expect_err("refused");
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        assert!(err.to_string().contains("is on the boot medium"), "{err}");
     }
 }

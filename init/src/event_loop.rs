@@ -14,14 +14,15 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::boot_medium::{BootMedium, MOUNTINFO, SYS_DIR};
 use crate::boot_report::{self, BootReport, GuestProgress};
 use crate::cmdline::{ConfigSource, Options};
-use crate::discovery::{self, ConfigMount, Loaded, CONFIG_DIR};
+use crate::discovery::{self, ConfigMount, Loaded, CONFIG_DIR, DEV_DIR, SYS_BLOCK};
 use crate::fetch::MIRROR_DIR;
 use crate::guests::{ConsoleOut, Guest, StartContext, MAX_GUESTS};
 use crate::net::{self, Netlink};
 use crate::power::PowerAction;
-use crate::probe::DeviceSpec;
+use crate::probe::{DeviceCache, DeviceSpec};
 use crate::remote_config::Pending;
 use crate::signals::{self, SignalEvent};
 use crate::supervisor::{Action, Exit, Verdict, CRASH_LOOP_FAILURES, CRASH_LOOP_WINDOW};
@@ -81,6 +82,10 @@ pub struct Init {
     config: ConfigState,
     host: HostConfig,
     data_mounts: Vec<PathBuf>,
+    /// Block devices for data mounts and LABEL= disks, scanned when first
+    /// needed after the config is read, not on every guest start.
+    devices: DeviceCache,
+    boot_medium: BootMedium,
     guests: heapless::Vec<Guest, MAX_GUESTS>,
     console: ConsoleOut,
     shutdown: Option<Shutdown>,
@@ -157,6 +162,8 @@ impl Init {
             config,
             host: HostConfig::default(),
             data_mounts: Vec::new(),
+            devices: DeviceCache::new(Path::new(SYS_BLOCK), Path::new(DEV_DIR)),
+            boot_medium: BootMedium::default(),
             guests: heapless::Vec::new(),
             console: ConsoleOut::open(),
             shutdown: None,
@@ -314,17 +321,14 @@ impl Init {
     }
 
     fn start_guest(&mut self, index: usize, now: Instant) {
-        let boot_disk = match &self.config {
-            ConfigState::Mounted(m) => m.device.disk.clone().or(Some(m.device.name.clone())),
-            _ => None,
-        };
         let Some(guest) = self.guests.get_mut(index) else {
             return;
         };
         let mut ctx = StartContext {
             netlink: self.netlink.as_mut(),
             cgroup_base: self.cgroup_base.as_deref(),
-            boot_disk: boot_disk.as_deref(),
+            boot_medium: &self.boot_medium,
+            devices: &mut self.devices,
             shutdown_timeout_s: self.host.shutdown_timeout_s,
             now,
         };
@@ -383,18 +387,13 @@ impl Init {
                     mount.device.node.display()
                 );
                 let dir = mount.dir.clone();
-                let boot_disk = mount
-                    .device
-                    .disk
-                    .clone()
-                    .or(Some(mount.device.name.clone()));
                 self.config = ConfigState::Mounted(mount);
                 let loaded = discovery::load(&dir);
                 if !loaded.host_toml_found {
                     log::info!("config: no host.toml, using defaults");
                 }
                 let hint = format!("put NAME.toml files in {}/guests", dir.display());
-                self.apply_config(loaded, boot_disk.as_deref(), &hint, now);
+                self.apply_config(loaded, &hint, now);
                 return;
             }
             // Said once, not every poll.
@@ -446,10 +445,10 @@ impl Init {
             }
             None => "fix hv.config= on the kernel command line".to_string(),
         };
-        self.apply_config(loaded, None, &hint, now);
+        self.apply_config(loaded, &hint, now);
     }
 
-    fn apply_config(&mut self, loaded: Loaded, boot_disk: Option<&str>, hint: &str, now: Instant) {
+    fn apply_config(&mut self, loaded: Loaded, hint: &str, now: Instant) {
         for e in &loaded.errors {
             log::error!("config: {e}");
         }
@@ -464,7 +463,12 @@ impl Init {
             }
             None => {}
         }
-        self.data_mounts = data_mounts::mount_all(&self.host.mounts, boot_disk);
+        self.find_boot_medium();
+        if !self.host.mounts.is_empty() {
+            let devices = self.devices.devices();
+            self.data_mounts =
+                data_mounts::mount_all(&self.host.mounts, devices, &self.boot_medium);
+        }
 
         if loaded.guests.is_empty() {
             log::warn!("config: no guests defined ({hint}); running idle");
@@ -505,6 +509,23 @@ impl Init {
                 }
                 None => {}
             }
+        }
+    }
+
+    /// Which disks guests and data mounts may only read: the one holding
+    /// the mounted config partition; without one (config over HTTP), any
+    /// disk flashed with the image, which may be the stick that booted.
+    fn find_boot_medium(&mut self) {
+        let mountinfo = std::fs::read_to_string(MOUNTINFO).unwrap_or_default();
+        let mounted = matches!(self.config, ConfigState::Mounted(_));
+        let devices = if mounted {
+            &[][..]
+        } else {
+            self.devices.devices()
+        };
+        self.boot_medium = BootMedium::gather(Path::new(SYS_DIR), &mountinfo, devices);
+        if mounted && self.boot_medium.is_empty() {
+            log::error!("boot medium not found in {MOUNTINFO}: it is not protected from guests");
         }
     }
 

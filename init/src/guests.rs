@@ -11,12 +11,12 @@ use std::time::Instant;
 use hvconfig::guest::DiskSource;
 use hvconfig::GuestConfig;
 
+use crate::boot_medium::BootMedium;
 use crate::cgroup;
 use crate::console::{ConsoleLog, LineSplitter, CONSOLE_LOG_CAP};
-use crate::discovery::{DEV_DIR, SYS_BLOCK};
 use crate::jail::{self, Bind, JailSpec};
 use crate::net::{self, Netlink};
-use crate::probe::{self, DeviceSpec};
+use crate::probe::{DeviceCache, DeviceSpec};
 use crate::supervisor::{State, Supervisor};
 
 /// Fixed capacity of the guest table: bounded memory for PID 1.
@@ -26,6 +26,10 @@ pub const UID_BASE: u32 = 10_000;
 pub const VMM_PATH: &str = "/bin/vmm";
 pub const JAIL_DIR: &str = "/run/hv/jail";
 pub const GUESTS_RUN_DIR: &str = "/run/hv/guests";
+/// Reads of one output pipe per wakeup (epoll is level-triggered, so the
+/// rest comes next round): one chatty guest cannot starve the others,
+/// signals or the watchdog.
+const MAX_READS_PER_WAKEUP: usize = 4;
 /// Device nodes every vmm needs; the rest of /dev stays out of the jail.
 const JAIL_DEVICES: [&str; 3] = ["/dev/kvm", "/dev/null", "/dev/urandom"];
 
@@ -38,8 +42,10 @@ struct Tap {
 pub struct StartContext<'a> {
     pub netlink: Option<&'a mut Netlink>,
     pub cgroup_base: Option<&'a Path>,
-    /// Kernel name of the disk that holds the config partition.
-    pub boot_disk: Option<&'a str>,
+    /// The disks a guest may only read.
+    pub boot_medium: &'a BootMedium,
+    /// Block devices for LABEL= and PARTLABEL= disks, scanned once.
+    pub devices: &'a mut DeviceCache,
     /// host.toml's shutdown_timeout_s: the vmm must not stop its guest hard
     /// before init would.
     pub shutdown_timeout_s: u32,
@@ -172,37 +178,39 @@ impl Guest {
 
     /// Opens disk `i` for the vmm; block devices are opened exclusively
     /// so a disk cannot be mounted on the host and used by a guest at once.
-    fn open_disk(&self, i: usize, boot_disk: Option<&str>) -> io::Result<File> {
+    fn open_disk(&self, i: usize, ctx: &mut StartContext) -> io::Result<File> {
         let Some(disk) = self.config.disks.get(i) else {
             return Err(io::Error::other("no such disk"));
         };
-        let spec = match &disk.path {
-            DiskSource::Path(p) => DeviceSpec::Path(p.clone()),
-            DiskSource::Label(l) => DeviceSpec::Label(l.clone()),
-            DiskSource::PartLabel(l) => DeviceSpec::PartLabel(l.clone()),
+        let path: PathBuf = match &disk.path {
+            // Opened as written: what it names is checked by device number.
+            DiskSource::Path(p) => p.clone(),
+            DiskSource::Label(l) => self.find_disk(DeviceSpec::Label(l.clone()), ctx)?,
+            DiskSource::PartLabel(l) => self.find_disk(DeviceSpec::PartLabel(l.clone()), ctx)?,
         };
-        let devices = probe::scan(Path::new(SYS_BLOCK), Path::new(DEV_DIR));
-        let found = probe::find(&spec, &devices);
-        let path: PathBuf = match (&spec, found) {
-            (_, Some(dev)) => dev.node.clone(),
-            (DeviceSpec::Path(p), None) => p.clone(),
-            (_, None) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("disk {spec}: no such device"),
-                ))
-            }
-        };
-        if let (Some(dev), Some(boot), false) = (found, boot_disk, disk.read_only) {
-            if dev.disk.as_deref() == Some(boot) || dev.name == boot {
-                return Err(io::Error::new(
+        let on_boot_medium = |meta: &fs::Metadata| {
+            let refused = !disk.read_only && ctx.boot_medium.holds_node(meta);
+            (!refused).then_some(()).ok_or_else(|| {
+                io::Error::new(
                     io::ErrorKind::PermissionDenied,
-                    format!("disk {spec} is on the boot medium; only read_only is allowed"),
-                ));
-            }
+                    format!(
+                        "{}: disk {} ({}) is on the boot medium, which is never written; \
+                         only read_only = true is allowed",
+                        self.config.file.display(),
+                        i + 1,
+                        path.display()
+                    ),
+                )
+            })
+        };
+        // Checked before opening too, so the boot medium's mounted config
+        // partition is named as such rather than as busy (O_EXCL).
+        let meta = fs::metadata(&path);
+        if let Ok(meta) = &meta {
+            on_boot_medium(meta)?;
         }
-        let is_block = fs::metadata(&path).is_ok_and(|m| m.file_type().is_block_device());
-        OpenOptions::new()
+        let is_block = meta.is_ok_and(|m| m.file_type().is_block_device());
+        let file = OpenOptions::new()
             .read(true)
             .write(!disk.read_only)
             .custom_flags(if is_block && !disk.read_only {
@@ -218,14 +226,27 @@ impl Guest {
                     ""
                 };
                 io::Error::new(e.kind(), format!("disk {}: {e}{hint}", path.display()))
-            })
+            })?;
+        // What was opened decides, whatever the path went through.
+        on_boot_medium(&file.metadata()?)?;
+        Ok(file)
+    }
+
+    fn find_disk(&self, spec: DeviceSpec, ctx: &mut StartContext) -> io::Result<PathBuf> {
+        match ctx.devices.find(&spec) {
+            Some(dev) => Ok(dev.node),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("disk {spec}: no such device"),
+            )),
+        }
     }
 
     /// Starts the vmm. On success the caller watches the returned pipes.
     pub fn start(&mut self, ctx: &mut StartContext) -> io::Result<Started> {
         self.ensure_taps(ctx.netlink.as_deref_mut())?;
         let disks: Vec<File> = (0..self.config.disks.len())
-            .map(|i| self.open_disk(i, ctx.boot_disk))
+            .map(|i| self.open_disk(i, ctx))
             .collect::<io::Result<_>>()?;
         let cgroup = match ctx.cgroup_base {
             Some(base) => Some(
@@ -333,7 +354,7 @@ impl Guest {
         let mut buf = [0u8; 16 * 1024];
         let mut lines = Vec::new();
         let mut eof = false;
-        loop {
+        for _ in 0..MAX_READS_PER_WAKEUP {
             let pipe = if stderr { &self.stderr } else { &self.stdout };
             let Some(mut pipe) = pipe.as_ref() else {
                 return true;
@@ -420,5 +441,131 @@ impl ConsoleOut {
             }
             self.dropped += rest.len() as u64;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot_medium::tests::LoopDevice;
+
+    fn guest_with_disk(path: &Path, read_only: bool) -> Guest {
+        let text =
+            format!("[boot]\nkernel = \"k\"\n[[disk]]\npath = \"/x\"\nread_only = {read_only}\n");
+        let mut config =
+            hvconfig::parse_guest(Path::new("/cfg/guests/web.toml"), &text).expect("valid");
+        // Set after parsing: the parser refuses '..', init must not rely on it.
+        if let Some(disk) = config.disks.first_mut() {
+            disk.path = DiskSource::Path(path.to_path_buf());
+        }
+        Guest {
+            sup: Supervisor::new(config.lifecycle.restart),
+            taps: Vec::new(),
+            index: 0,
+            stdout: None,
+            stderr: None,
+            out_lines: LineSplitter::new("[web] "),
+            err_lines: LineSplitter::new("[web] vmm: "),
+            log: None,
+            config,
+        }
+    }
+
+    fn open(guest: &Guest, boot: &BootMedium) -> io::Result<File> {
+        let mut devices = DeviceCache::new(Path::new("/nonexistent"), Path::new("/dev"));
+        let mut ctx = StartContext {
+            netlink: None,
+            cgroup_base: None,
+            boot_medium: boot,
+            devices: &mut devices,
+            shutdown_timeout_s: 30,
+            now: Instant::now(),
+        };
+        guest.open_disk(0, &mut ctx)
+    }
+
+    #[test]
+    fn boot_medium_disks_open_only_read_only_whatever_the_path() {
+        let Some(lo) = LoopDevice::new() else {
+            eprintln!("skipped: needs root and losetup");
+            return;
+        };
+        let boot = lo.as_boot_medium();
+        let name = lo.node.file_name().expect("name");
+        let detour = Path::new("/dev/../dev").join(name);
+        // As a relative disk path resolves: from the guests directory of
+        // a config partition up to / and down into /dev.
+        let cfg = tempfile::tempdir().expect("tempdir");
+        let mut relative = cfg.path().join("guests");
+        fs::create_dir(&relative).expect("mkdir");
+        for _ in 1..relative.components().count() {
+            relative.push("..");
+        }
+        let relative = relative.join("dev").join(name);
+        for path in [&lo.node, &detour, &relative] {
+            let err = open(&guest_with_disk(path, false), &boot).expect_err("refused");
+            assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "/cfg/guests/web.toml: disk 1 ({}) is on the boot medium, which is never \
+                     written; only read_only = true is allowed",
+                    path.display()
+                )
+            );
+        }
+        open(&guest_with_disk(&detour, true), &boot).expect("read-only is fine");
+        open(&guest_with_disk(&detour, false), &BootMedium::default()).expect("another disk");
+    }
+
+    #[test]
+    fn a_chatty_guest_is_read_in_bounded_slices() {
+        let mut guest = guest_with_disk(Path::new("/x"), false);
+        let (r, mut w) = pipe().expect("pipe");
+        // Room for more than one wakeup's worth, so the writer never blocks.
+        // SAFETY: fcntl on a valid fd.
+        let size = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+        assert!(size >= 1 << 18, "pipe size {size}");
+        guest.stdout = Some(r);
+        let line = [b'x'; 99];
+        let lines = (256 << 10) / 100;
+        for _ in 0..lines {
+            w.write_all(&line)
+                .and_then(|()| w.write_all(b"\n"))
+                .expect("write");
+        }
+        let shown = tempfile::tempfile().expect("tempfile");
+        let mut console = ConsoleOut {
+            file: Some(shown.try_clone().expect("clone")),
+            dropped: 0,
+        };
+        let shown_len = || shown.metadata().expect("stat").len() as usize;
+        assert!(!guest.read_output(false, &mut console));
+        let per_line = "[web] ".len() + 100;
+        let cap = MAX_READS_PER_WAKEUP * 16 * 1024;
+        assert!(
+            shown_len() <= cap / 100 * per_line,
+            "{} bytes shown",
+            shown_len()
+        );
+        assert!(shown_len() > 0);
+        drop(w);
+        let mut wakeups = 1;
+        while !guest.read_output(false, &mut console) {
+            wakeups += 1;
+        }
+        assert!(wakeups >= (256 << 10) / cap, "{wakeups} wakeups");
+        assert_eq!(shown_len(), lines * per_line, "nothing lost");
+        assert!(guest.stdout.is_none());
+    }
+
+    #[test]
+    fn missing_labels_are_named() {
+        let mut guest = guest_with_disk(Path::new("/x"), false);
+        if let Some(disk) = guest.config.disks.first_mut() {
+            disk.path = DiskSource::Label("nothere".into());
+        }
+        let err = open(&guest, &BootMedium::default()).expect_err("no device");
+        assert_eq!(err.to_string(), "disk LABEL=nothere: no such device");
     }
 }

@@ -5,6 +5,7 @@
 //! by policy, until a power button, Ctrl-Alt-Del or signal shuts down.
 //! PID 1 must never exit or panic: every error is logged and lived with.
 
+mod boot_medium;
 mod boot_report;
 mod cgroup;
 mod cmdline;

@@ -419,6 +419,40 @@ pub fn find<'a>(spec: &DeviceSpec, devices: &'a [BlockDevice]) -> Option<&'a Blo
     devices.iter().find(|d| spec.matches(d))
 }
 
+/// One scan of the block devices, made when first needed and reused:
+/// a scan opens every device and reads its superblocks, which on a slow
+/// USB stick blocks PID 1's loop for a noticeable time.
+pub struct DeviceCache {
+    sys_block: PathBuf,
+    dev_dir: PathBuf,
+    devices: Option<Vec<BlockDevice>>,
+}
+
+impl DeviceCache {
+    pub fn new(sys_block: &Path, dev_dir: &Path) -> DeviceCache {
+        DeviceCache {
+            sys_block: sys_block.to_path_buf(),
+            dev_dir: dev_dir.to_path_buf(),
+            devices: None,
+        }
+    }
+
+    pub fn devices(&mut self) -> &[BlockDevice] {
+        self.devices
+            .get_or_insert_with(|| scan(&self.sys_block, &self.dev_dir))
+    }
+
+    /// Finds `spec`; on a miss scans once more, for a disk plugged in
+    /// since (guest restarts back off, so this stays rare).
+    pub fn find(&mut self, spec: &DeviceSpec) -> Option<BlockDevice> {
+        if let Some(dev) = find(spec, self.devices()) {
+            return Some(dev.clone());
+        }
+        self.devices = None;
+        find(spec, self.devices()).cloned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -623,5 +657,23 @@ mod tests {
         assert_eq!(devices.first().and_then(|d| d.fs.as_ref()), None);
         let found = find(&DeviceSpec::Label("HVCONFIG".into()), &devices).expect("found");
         assert_eq!(found.node, img);
+
+        // The cache scans once, and again only for a device it lacks.
+        let mut cache = DeviceCache::new(&sys, &dev);
+        assert_eq!(cache.devices().len(), 2);
+        let late = DeviceSpec::PartLabel("late".into());
+        assert!(cache.find(&late).is_none());
+        let late_dir = disk_dir.join("sdb2");
+        fs::create_dir_all(&late_dir).expect("mkdir");
+        fs::write(
+            late_dir.join("uevent"),
+            "DEVTYPE=partition\nDEVNAME=sdb2\nPARTNAME=late\n",
+        )
+        .expect("w");
+        fs::write(late_dir.join("size"), "8\n").expect("w");
+        std::os::unix::fs::symlink(&late_dir, sys.join("sdb2")).expect("symlink");
+        assert_eq!(cache.devices().len(), 2, "cached");
+        let found = cache.find(&late).expect("found after a rescan");
+        assert_eq!(found.node, dev.join("sdb2"));
     }
 }
