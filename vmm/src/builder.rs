@@ -18,7 +18,7 @@ use crate::devices::acpi_pm::{self, AcpiPm};
 use crate::devices::bus::{Bus, SharedDevice};
 use crate::devices::irq::{EdgeIrq, KvmIrqLine};
 use crate::devices::legacy::{Cmos, SerialDevice, I8042};
-use crate::devices::virtio::WorkerGate;
+use crate::devices::virtio::{VirtioDevice, WorkerGate};
 use crate::error::Fatal;
 use crate::exit::ExitHandle;
 use crate::spec::VmSpec;
@@ -49,26 +49,66 @@ fn kernel_fatal(spec: &VmSpec, what: &str, path: &std::path::Path, e: kernel::Er
     Fatal::invalid(format!("{}: {e}", spec.describe(what, path)))
 }
 
-/// Loads kernel and initrd; shared with `--check`, which loads into a
-/// scratch memory to validate the images.
+/// The kernel and initrd, open but not read yet.
+pub struct Images {
+    kernel: File,
+    initrd: Option<File>,
+}
+
+pub fn open_images(spec: &VmSpec) -> Result<Images, Fatal> {
+    Ok(Images {
+        kernel: open(spec, "kernel", &spec.kernel)?,
+        initrd: match &spec.initrd {
+            Some(path) => Some(open(spec, "initrd", path)?),
+            None => None,
+        },
+    })
+}
+
+/// Parses and loads kernel and initrd; shared with `--check`, which loads
+/// into a scratch memory to validate the images.
 pub fn load_images(
     spec: &VmSpec,
     mem: &GuestMemoryMmap,
+    mut images: Images,
 ) -> Result<(LoadedKernel, Option<(vm_memory::GuestAddress, u64)>), Fatal> {
-    let mut kfile = open(spec, "kernel", &spec.kernel)?;
-    let kernel = kernel::load_kernel(mem, &mut kfile)
+    let kernel = kernel::load_kernel(mem, &mut images.kernel)
         .map_err(|e| kernel_fatal(spec, "kernel", &spec.kernel, e))?;
-    let initrd = match &spec.initrd {
-        Some(path) => {
-            let mut f = open(spec, "initrd", path)?;
-            Some(
-                kernel::load_initrd(mem, &mut f, &kernel)
-                    .map_err(|e| kernel_fatal(spec, "initrd", path, e))?,
-            )
-        }
-        None => None,
+    let initrd = match (&spec.initrd, images.initrd.as_mut()) {
+        (Some(path), Some(f)) => Some(
+            kernel::load_initrd(mem, f, &kernel)
+                .map_err(|e| kernel_fatal(spec, "initrd", path, e))?,
+        ),
+        _ => None,
     };
     Ok((kernel, initrd))
+}
+
+/// Everything the VM needs that may take root to open, opened before the
+/// privilege drop; nothing in it has been read yet. KVM and device errors
+/// are held until the images have been checked, so a broken kernel is
+/// reported as such (exit 2) even on a host without KVM.
+pub struct HostResources {
+    images: Images,
+    kvm: Result<Kvm, Fatal>,
+    devices: Result<Vec<Box<dyn VirtioDevice>>, Fatal>,
+}
+
+pub fn open_host(spec: &VmSpec, fds: &HandedFds) -> Result<HostResources, Fatal> {
+    if spec.vcpus == 0 {
+        return Err(Fatal::invalid("a guest needs at least one vCPU"));
+    }
+    let images = open_images(spec)?;
+    let kvm = Kvm::new().map_err(|e| Fatal::vmm(format!("cannot open /dev/kvm: {e}")));
+    let devices = match &spec.guest {
+        Some(guest) => virtio_attach::open_devices(guest, fds),
+        None => Ok(Vec::new()),
+    };
+    Ok(HostResources {
+        images,
+        kvm,
+        devices,
+    })
 }
 
 pub fn guest_memory(spec: &VmSpec) -> Result<GuestMemoryMmap, Fatal> {
@@ -111,14 +151,13 @@ fn stdout_writer() -> Box<dyn Write + Send> {
     Box::new(Stdout(file))
 }
 
-pub fn build(spec: &VmSpec, fds: &HandedFds) -> Result<Vmm, Fatal> {
-    if spec.vcpus == 0 {
-        return Err(Fatal::invalid("a guest needs at least one vCPU"));
-    }
+/// Builds the VM from what [`open_host`] opened. Runs after the privilege
+/// drop: this is where the kernel images are parsed.
+pub fn build(spec: &VmSpec, host: HostResources) -> Result<Vmm, Fatal> {
     let mem = guest_memory(spec)?;
-    let (kernel, initrd) = load_images(spec, &mem)?;
+    let (kernel, initrd) = load_images(spec, &mem, host.images)?;
 
-    let kvm = Kvm::new().map_err(|e| Fatal::vmm(format!("cannot open /dev/kvm: {e}")))?;
+    let kvm = host.kvm?;
     let max_vcpus = kvm.get_max_vcpus();
     if usize::from(spec.vcpus) > max_vcpus {
         return Err(Fatal::invalid(format!(
@@ -156,8 +195,9 @@ pub fn build(spec: &VmSpec, fds: &HandedFds) -> Result<Vmm, Fatal> {
         acpi_pm::BLOCK_LEN,
     )?;
 
+    let devices = host.devices?;
     let virtio = match &spec.guest {
-        Some(guest) => virtio_attach::attach(guest, fds, &vm, &mem, &mut mmio)?,
+        Some(guest) => virtio_attach::attach(guest, devices, &vm, &mem, &mut mmio)?,
         None => Default::default(),
     };
 

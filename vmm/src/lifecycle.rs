@@ -1,5 +1,5 @@
-//! Running a built VM: vCPU threads, privilege drop and seccomp, and the
-//! main loop that waits for the guest to stop or the host to ask it to.
+//! Running a built VM: vCPU threads and seccomp, and the main loop that
+//! waits for the guest to stop or the host to ask it to.
 //!
 //! The first SIGTERM (or SIGINT) presses Ctrl-Alt-Del and the ACPI power
 //! button; a second one, or the shutdown timeout, stops the VM hard
@@ -27,7 +27,6 @@ use crate::signals::SignalFd;
 use crate::terminal::RawTerminal;
 
 pub struct RunOptions {
-    pub ids: Option<(u32, u32)>,
     pub seccomp: bool,
     pub shutdown_timeout: Duration,
     /// When the process started: the boot vCPU reports how long it took.
@@ -50,38 +49,6 @@ fn kick_signal() -> i32 {
 }
 
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-
-fn os_fatal(what: &str) -> Fatal {
-    Fatal::vmm(format!("cannot {what}: {}", io::Error::last_os_error()))
-}
-
-fn drop_privileges(uid: u32, gid: u32) -> Result<(), Fatal> {
-    // SAFETY: plain syscalls with valid arguments. Groups and gid go first,
-    // while we still have the right to change them.
-    unsafe {
-        if libc::setgroups(0, std::ptr::null()) != 0 {
-            return Err(os_fatal("drop supplementary groups"));
-        }
-        if libc::setgid(gid) != 0 {
-            return Err(os_fatal(&format!("set gid {gid}")));
-        }
-        if libc::setuid(uid) != 0 {
-            return Err(os_fatal(&format!("set uid {uid}")));
-        }
-        if uid != 0 && libc::setuid(0) == 0 {
-            return Err(Fatal::vmm("privilege drop did not stick"));
-        }
-    }
-    Ok(())
-}
-
-fn set_no_new_privs() -> Result<(), Fatal> {
-    // SAFETY: prctl with constant arguments.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(os_fatal("set no_new_privs"));
-    }
-    Ok(())
-}
 
 struct VcpuThreads {
     handles: Vec<JoinHandle<()>>,
@@ -121,11 +88,8 @@ pub fn run(vmm: Vmm, signals: &SignalFd, opts: &RunOptions) -> Result<ExitReason
     if opts.seccomp {
         seccomp::install_sigsys_handler().map_err(Fatal::vmm)?;
     }
-    // Opened before the privilege drop and the filters.
+    // Set up before the filters go on.
     let terminal = RawTerminal::stdin();
-    if let Some((uid, gid)) = opts.ids {
-        drop_privileges(uid, gid)?;
-    }
 
     let Vmm {
         vcpus,
@@ -137,11 +101,9 @@ pub fn run(vmm: Vmm, signals: &SignalFd, opts: &RunOptions) -> Result<ExitReason
         mem: _mem,
         ..
     } = vmm;
-    // no_new_privs is per thread: set here, before the vCPU threads exist,
-    // they inherit it; a worker sets it when it installs its filter.
-    set_no_new_privs()?;
-    // Every thread installs its own filter. The workers' go on first,
-    // before any vCPU exists to hand them queues.
+    // Privileges were dropped and no_new_privs set before the VM was
+    // built (see `privileges`). Every thread installs its own filter. The
+    // workers' go on first, before any vCPU exists to hand them queues.
     start_workers(workers, opts.seccomp)?;
     let start = Arc::new(Barrier::new(vcpus.len() + 1));
     let stop = Arc::new(AtomicBool::new(false));

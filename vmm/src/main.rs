@@ -9,6 +9,7 @@ mod error;
 mod exit;
 mod lifecycle;
 mod logger;
+mod privileges;
 mod seccomp;
 mod signals;
 mod spec;
@@ -71,7 +72,7 @@ fn check(files: &[std::path::PathBuf]) -> i32 {
 fn check_one(file: &Path) -> Result<(), Fatal> {
     let spec = VmSpec::from_definition(file, true)?;
     let mem = builder::guest_memory(&spec)?;
-    builder::load_images(&spec, &mem)?;
+    builder::load_images(&spec, &mem, builder::open_images(&spec)?)?;
     Ok(())
 }
 
@@ -102,9 +103,12 @@ fn run(args: &RunArgs, started: Instant) -> Result<i32, Fatal> {
         disks: args.disk_fds.clone(),
         taps: args.tap_fds.clone(),
     };
-    let vmm = builder::build(&spec, &fds)?;
+    // Open as root whatever needs it, give root up, and only then parse
+    // the kernel images and build the devices.
+    let host = builder::open_host(&spec, &fds)?;
+    privileges::drop_to(args.ids)?;
+    let vmm = builder::build(&spec, host)?;
     let opts = RunOptions {
-        ids: args.ids,
         seccomp: args.seccomp,
         shutdown_timeout: args.shutdown_timeout,
         started,

@@ -4,12 +4,13 @@
 //! threads may issue (a few, argument-checked) ioctls.
 //!
 //! Every thread installs its own filter; there is no process-wide one.
-//! Installation order (see `lifecycle`): the VMM drops its privileges
-//! first (setuid/setgid/setgroups run on every thread, which no filter
-//! allows), then each virtio worker installs its device kind's list when
-//! told to start (the workers exist from the moment the devices are built,
-//! so they cannot inherit anything), then the vCPU threads and finally the
-//! main thread install theirs. No thread is created after that.
+//! Installation order (see `privileges` and `lifecycle`): the VMM drops
+//! its privileges first, while it has a single thread and before the VM
+//! is built (setuid/setgid/setgroups are allowed by no filter), then each
+//! virtio worker installs its device kind's list when told to start (the
+//! workers exist from the moment the devices are built, so they cannot
+//! inherit anything), then the vCPU threads and finally the main thread
+//! install theirs. No thread is created after that.
 //!
 //! The lists were checked with `strace -f` on the tests (vmm/tests/run.rs
 //! and a Linux guest using virtio-blk, -net and -rng, shut down by SIGTERM).

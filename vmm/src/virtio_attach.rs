@@ -47,8 +47,13 @@ fn check_indexes(fds: &BTreeMap<usize, RawFd>, count: usize, flag: &str) -> Resu
 }
 
 /// The devices the definition asks for, in guest order: disks (vda, vdb,
-/// ...), then NICs (eth0, ...), then the RNG.
-fn devices(guest: &GuestConfig, fds: &HandedFds) -> Result<Vec<Box<dyn VirtioDevice>>, Fatal> {
+/// ...), then NICs (eth0, ...), then the RNG. Runs before the privilege
+/// drop: disk paths and taps opened by name (TUNSETIFF needs
+/// CAP_NET_ADMIN) may need root; nothing here reads what is in them.
+pub fn open_devices(
+    guest: &GuestConfig,
+    fds: &HandedFds,
+) -> Result<Vec<Box<dyn VirtioDevice>>, Fatal> {
     check_indexes(&fds.disks, guest.disks.len(), "--disk-fd")?;
     check_indexes(&fds.taps, guest.nets.len(), "--tap-fd")?;
     let def = guest.file.display();
@@ -102,17 +107,16 @@ pub struct Attached {
     pub workers: Vec<WorkerGate>,
 }
 
-/// Creates the transports (each spawns its worker thread, which waits for
-/// its gate), maps them and wires their interrupts and queue notifications
-/// into KVM.
+/// Creates the transports for the opened `devices` (each spawns its
+/// worker thread, which waits for its gate), maps them and wires their
+/// interrupts and queue notifications into KVM.
 pub fn attach(
     guest: &GuestConfig,
-    fds: &HandedFds,
+    devices: Vec<Box<dyn VirtioDevice>>,
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     bus: &mut Bus,
 ) -> Result<Attached, Fatal> {
-    let devices = devices(guest, fds)?;
     let max = (MAX_GSI - VIRTIO_GSI_BASE + 1) as usize;
     if devices.len() > max {
         return Err(Fatal::invalid(format!(

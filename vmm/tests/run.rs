@@ -470,3 +470,145 @@ fn check_rejects_each_kind_of_bad_definition_precisely() {
         );
     }
 }
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The credential lines of /proc/PID/task/TID/status, for every thread.
+fn thread_credentials(pid: u32) -> Vec<(String, Vec<String>)> {
+    let fields = [
+        "Uid",
+        "Gid",
+        "Groups",
+        "CapInh",
+        "CapPrm",
+        "CapEff",
+        "CapBnd",
+        "CapAmb",
+        "NoNewPrivs",
+    ];
+    let mut threads = Vec::new();
+    for task in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        let name = status.lines().next().unwrap_or_default().to_string();
+        let lines = status
+            .lines()
+            .filter(|l| fields.iter().any(|f| l.starts_with(&format!("{f}:"))))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        threads.push((name, lines));
+    }
+    threads
+}
+
+/// With --uid/--gid everything that needs root (here: kernel, initrd and
+/// disk only root may read, and /dev/kvm) is opened before the drop, so
+/// the guest still boots; and every thread (main, vCPUs, virtio workers)
+/// then runs with the new ids, no capabilities, not even in the bounding
+/// set, and no_new_privs.
+#[test]
+fn uid_gid_run_opens_root_only_files_first_and_keeps_no_privilege() {
+    if !kvm_usable() || !running_as_root() {
+        eprintln!("needs root and /dev/kvm; skipping");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = TempDir::new("privdrop");
+    for (rel, bytes) in [
+        (
+            "guests/web/bzImage",
+            program(&[SERIAL_OK, WAIT_FOR_KEY, ACPI_POWEROFF, HANG]),
+        ),
+        ("guests/web/initrd.img", vec![0x5a; 4096]),
+        ("guests/web/disk.img", vec![0; 8192]),
+    ] {
+        let p = dir.write(rel, &bytes);
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let def = dir.write(
+        "guests/web.toml",
+        b"[machine]\nvcpus = 2\nmemory_mib = 32\n[boot]\nkernel = \"web/bzImage\"\n\
+          initrd = \"web/initrd.img\"\n[[disk]]\npath = \"web/disk.img\"\n[rng]\nenabled = true\n",
+    );
+    let def = def.to_str().unwrap();
+
+    // What a vmm that opened its files only after the drop would get.
+    let out = vmm(&["--check", def])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("web.toml: kernel web/bzImage: cannot open: Permission denied"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    let mut child = vmm(&["--guest", def, "--uid", "65534", "--gid", "65534"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = [0u8; 3];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut line).unwrap();
+    assert_eq!(&line, b"OK\n");
+    let threads = thread_credentials(child.id());
+    sigterm(&child);
+    assert_eq!(wait_timeout(&mut child, Duration::from_secs(10)), Some(0));
+
+    // KVM may add threads of its own (kvm-nx-lpage-recovery); they are
+    // checked as well.
+    let names: Vec<&str> = threads.iter().map(|(n, _)| n.as_str()).collect();
+    for name in [
+        "vmm",
+        "vcpu0",
+        "vcpu1",
+        "virtio-blk-work",
+        "virtio-rng-work",
+    ] {
+        assert!(
+            names.contains(&format!("Name:\t{name}").as_str()),
+            "{names:?}"
+        );
+    }
+    let none = "0000000000000000";
+    let expected = [
+        "Uid: 65534 65534 65534 65534".to_string(),
+        "Gid: 65534 65534 65534 65534".to_string(),
+        "Groups:".to_string(),
+        format!("CapInh: {none}"),
+        format!("CapPrm: {none}"),
+        format!("CapEff: {none}"),
+        format!("CapBnd: {none}"),
+        format!("CapAmb: {none}"),
+        "NoNewPrivs: 1".to_string(),
+    ];
+    for (name, lines) in &threads {
+        assert_eq!(lines, &expected, "{name}");
+    }
+}
+
+/// The kernel is parsed only after the privilege drop: when the drop
+/// fails (an unprivileged caller cannot change ids), a garbage kernel has
+/// not been looked at yet, so the drop is what gets reported.
+#[test]
+fn kernel_is_parsed_only_after_the_privilege_drop() {
+    use std::os::unix::process::CommandExt;
+    let dir = TempDir::new("drop-order");
+    let def = guest_definition(&dir, &[0x42; 4096]);
+    let mut cmd = vmm(&["--guest", def.to_str().unwrap(), "--uid", "1", "--gid", "1"]);
+    if running_as_root() {
+        cmd.uid(65534).gid(65534);
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("cannot drop supplementary groups: Operation not permitted"),
+        "{err}"
+    );
+    assert!(!err.contains("not a bzImage"), "{err}");
+}

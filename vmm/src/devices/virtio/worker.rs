@@ -2,11 +2,11 @@
 //! runs the device's queue processor, on its own thread (or inline, for the
 //! fuzz driver).
 //!
-//! A worker thread is spawned while the devices are built, but sits idle
-//! until its [`WorkerGate`] is opened: the VMM first drops its privileges
-//! (which runs setuid and friends on every thread) and then hands each
-//! worker its seccomp filter, which the worker installs on itself before
-//! it handles anything the guest controls.
+//! A worker thread is spawned while the devices are built (after the VMM
+//! has dropped its privileges, so it starts unprivileged), but sits idle
+//! until its [`WorkerGate`] is opened: the VMM then hands each worker its
+//! seccomp filter, which the worker installs on itself before it handles
+//! anything the guest controls.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
