@@ -1,12 +1,12 @@
 //! A minimal HTTP/1.1 client for the configuration server: one GET per
 //! connection, the response head parsed by httparse, bodies framed by
 //! Content-Length, chunked encoding or the end of the connection, a few
-//! redirects, timeouts and a size limit. No TLS, no keep-alive.
+//! redirects, timeouts, a deadline and a size limit. No TLS, no keep-alive.
 
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::url::HttpUrl;
 
@@ -15,6 +15,9 @@ const MAX_HEADERS: usize = 64;
 /// A chunk-size line is a hex number plus optional extensions.
 const MAX_CHUNK_LINE: usize = 1024;
 const MAX_REDIRECTS: usize = 5;
+/// `100 Continue` and friends before the real answer; a server sending
+/// them endlessly would otherwise never be done with its head.
+const MAX_INTERIM: usize = 8;
 const READ_BUFFER: usize = 64 * 1024;
 
 #[derive(Clone, Copy, Debug)]
@@ -23,11 +26,20 @@ pub struct Timeouts {
     /// For every read and write, not the whole transfer: a big kernel on
     /// a slow link takes as long as it takes while data keeps flowing.
     pub io: Duration,
+    /// Each request (each redirect hop) may take `grace` plus the time its
+    /// bytes so far take at `min_rate` bytes/s: a trickle of a byte every
+    /// few seconds, which `io` never catches, fails within about `grace`.
+    pub grace: Duration,
+    pub min_rate: u64,
 }
 
 pub const TIMEOUTS: Timeouts = Timeouts {
     connect: Duration::from_secs(5),
     io: Duration::from_secs(30),
+    grace: Duration::from_secs(60),
+    // 128 kbit/s: far below any link worth booting from, yet it still
+    // bounds a 512 MiB initrd (9 h) where no rate would be endless.
+    min_rate: 16 * 1024,
 };
 
 #[derive(Debug)]
@@ -84,16 +96,65 @@ fn bad(msg: impl Into<String>) -> Error {
     Error::BadResponse(msg.into())
 }
 
-/// A read error, with timeouts said plainly (the OS reports EAGAIN).
-fn net(e: io::Error, timeouts: Option<&Timeouts>) -> Error {
-    match (e.kind(), timeouts) {
-        (io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut, Some(t)) => {
-            Error::Net(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("no data for {} s", t.io.as_secs()),
-            ))
+/// The connection, read against the request's deadline; timeouts come
+/// out said plainly (the OS reports EAGAIN). Too slow is an `Error::Net`,
+/// so retried: the server may be overloaded, not broken.
+struct Paced {
+    stream: TcpStream,
+    t: Timeouts,
+    start: Instant,
+    got: u64,
+}
+
+impl Paced {
+    fn allowed(&self) -> Duration {
+        let earned = self.got.saturating_mul(1000) / self.t.min_rate.max(1);
+        self.t.grace.saturating_add(Duration::from_millis(earned))
+    }
+
+    fn too_slow(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "server too slow: {} bytes in {} s",
+                self.got,
+                self.start.elapsed().as_secs()
+            ),
+        )
+    }
+}
+
+impl Read for Paced {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self
+            .allowed()
+            .checked_sub(self.start.elapsed())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| self.too_slow())?;
+        let deadline_first = left < self.t.io;
+        self.stream.set_read_timeout(Some(left.min(self.t.io)))?;
+        match self.stream.read(buf) {
+            Ok(n) => {
+                self.got += n as u64;
+                Ok(n)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(if deadline_first {
+                    self.too_slow()
+                } else {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no data for {} s", self.t.io.as_secs()),
+                    )
+                })
+            }
+            Err(e) => Err(e),
         }
-        _ => Error::Net(e),
     }
 }
 
@@ -122,19 +183,17 @@ pub fn get(url: &HttpUrl, sink: &mut dyn Write, limit: u64, t: &Timeouts) -> Res
         );
         (&stream)
             .write_all(request.as_bytes())
-            .map_err(|e| net(e, Some(t)))?;
-        let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
-        let head = read_head(&mut reader).map_err(|e| match e {
-            Error::Net(e) => net(e, Some(t)),
-            e => e,
-        })?;
+            .map_err(Error::Net)?;
+        let paced = Paced {
+            stream,
+            t: *t,
+            start: Instant::now(),
+            got: 0,
+        };
+        let mut reader = BufReader::with_capacity(READ_BUFFER, paced);
+        let head = read_head(&mut reader)?;
         match head.code {
-            200 => {
-                return copy_body(&head, &mut reader, sink, limit).map_err(|e| match e {
-                    Error::Net(e) => net(e, Some(t)),
-                    e => e,
-                })
-            }
+            200 => return copy_body(&head, &mut reader, sink, limit),
             301 | 302 | 303 | 307 | 308 => {
                 let location = head
                     .location
@@ -167,10 +226,7 @@ fn connect(url: &HttpUrl, t: &Timeouts) -> Result<TcpStream, Error> {
     for addr in addrs {
         match TcpStream::connect_timeout(&addr, t.connect) {
             Ok(stream) => {
-                stream
-                    .set_read_timeout(Some(t.io))
-                    .and_then(|()| stream.set_write_timeout(Some(t.io)))
-                    .map_err(Error::Net)?;
+                stream.set_write_timeout(Some(t.io)).map_err(Error::Net)?;
                 return Ok(stream);
             }
             Err(e) => last = io::Error::new(e.kind(), format!("connect to {addr}: {e}")),
@@ -200,7 +256,7 @@ fn read_line<R: BufRead>(r: &mut R, buf: &mut Vec<u8>, max: usize) -> Result<(),
 }
 
 fn read_head<R: BufRead>(r: &mut R) -> Result<Head, Error> {
-    loop {
+    for _ in 0..=MAX_INTERIM {
         let mut buf = Vec::new();
         loop {
             let start = buf.len();
@@ -218,6 +274,9 @@ fn read_head<R: BufRead>(r: &mut R) -> Result<Head, Error> {
             return Ok(head);
         }
     }
+    Err(bad(format!(
+        "more than {MAX_INTERIM} interim (1xx) responses"
+    )))
 }
 
 fn parse_head(buf: &[u8]) -> Result<Head, Error> {
@@ -363,6 +422,8 @@ fn copy_chunked<R: BufRead>(r: &mut R, sink: &mut dyn Write, limit: u64) -> Resu
 mod tests {
     use super::*;
     use std::io::Cursor;
+    use std::net::TcpListener;
+    use std::thread;
 
     fn head(text: &str) -> Result<Head, Error> {
         read_head(&mut Cursor::new(text.as_bytes()))
@@ -477,6 +538,66 @@ mod tests {
         let huge = format!("HTTP/1.1 200 OK\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
         let e = head(&huge).expect_err("huge").to_string();
         assert!(e.contains("larger than 16 KiB"), "{e}");
+    }
+
+    /// Serves one connection on 127.0.0.1 with `script`; returns its URL.
+    fn serve_once(script: impl FnOnce(TcpStream) + Send + 'static) -> HttpUrl {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        thread::spawn(move || {
+            if let Ok((stream, _)) = listener.accept() {
+                script(stream);
+            }
+        });
+        HttpUrl::parse(&format!("http://127.0.0.1:{port}/k")).expect("url")
+    }
+
+    const QUICK: Timeouts = Timeouts {
+        connect: Duration::from_secs(5),
+        io: Duration::from_secs(30),
+        grace: Duration::from_millis(300),
+        min_rate: 1000,
+    };
+
+    #[test]
+    fn endless_interim_responses_are_an_error() {
+        let url = serve_once(
+            |mut s| {
+                while s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_ok() {}
+            },
+        );
+        let e = get(&url, &mut Vec::new(), 100, &QUICK).expect_err("endless 100");
+        assert!(e.to_string().contains("more than 8 interim (1xx)"), "{e}");
+        let h = head(&"HTTP/1.1 100 Continue\r\n\r\n".repeat(8)).expect_err("8, no answer");
+        assert!(h.to_string().contains("closed the connection early"), "{h}");
+    }
+
+    #[test]
+    fn trickling_and_stalled_servers_miss_the_deadline() {
+        let trickle = serve_once(|mut s| {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n");
+            while s.write_all(b"x").is_ok() {
+                thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let stall = serve_once(|mut s| {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nxy");
+            thread::sleep(Duration::from_secs(3));
+        });
+        for url in [trickle, stall] {
+            let start = Instant::now();
+            let e = get(&url, &mut Vec::new(), 100, &QUICK).expect_err("too slow");
+            assert!(start.elapsed() < Duration::from_secs(2), "{e}");
+            assert!(e.to_string().starts_with("server too slow: "), "{e}");
+            assert!(e.is_transient(), "{e}");
+        }
+        // The same body at full speed is fine.
+        let fast = serve_once(|mut s| {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc");
+        });
+        let mut out = Vec::new();
+        assert_eq!(get(&fast, &mut out, 100, &QUICK).expect("fast"), 3);
+        assert_eq!(out, b"abc");
     }
 
     #[test]
