@@ -6,6 +6,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::devices::bus::BusDevice;
+use crate::devices::legacy::{read_bytes, write_bytes, ByteRegisters};
 
 const INDEX_OFFSET: u64 = 0;
 const DATA_OFFSET: u64 = 1;
@@ -30,7 +31,7 @@ const REG_B_BINARY: u8 = 0x04;
 /// Register D: battery good.
 const REG_D_VALID: u8 = 0x80;
 
-/// Broken-down UTC time.
+/// Broken-down UTC time, as the RTC registers hold it.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub struct DateTime {
     pub year: u32,
@@ -44,29 +45,28 @@ pub struct DateTime {
 }
 
 impl DateTime {
-    /// Civil date from seconds since the Unix epoch (proleptic Gregorian).
+    /// The civil date of `secs` seconds since the Unix epoch, by libc's
+    /// `gmtime_r`. A time libc cannot represent reads as the epoch.
     pub fn from_unix(secs: u64) -> Self {
-        let days = (secs / 86_400) as i64;
-        let rem = secs % 86_400;
-        // Howard Hinnant's days-to-civil, shifted so eras start in March.
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i64::from(month <= 2);
+        let t = libc::time_t::try_from(secs).unwrap_or(0);
+        // SAFETY: an all-zero `tm` is a valid value (integers and a null
+        // zone pointer).
+        let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+        // SAFETY: both pointers are valid for the call; gmtime_r is
+        // re-entrant and only writes `tm`.
+        if unsafe { libc::gmtime_r(&t, &mut tm) }.is_null() {
+            return Self::from_unix(0);
+        }
+        let field = |v: libc::c_int| u32::try_from(v).unwrap_or(0);
         DateTime {
-            year: year as u32,
-            month: month as u32,
-            day: day as u32,
-            hour: (rem / 3600) as u32,
-            minute: (rem / 60 % 60) as u32,
-            second: (rem % 60) as u32,
-            // 1970-01-01 was a Thursday (5 in RTC numbering).
-            weekday: ((days + 4).rem_euclid(7) + 1) as u32,
+            year: field(tm.tm_year.saturating_add(1900)),
+            month: field(tm.tm_mon.saturating_add(1)),
+            day: field(tm.tm_mday),
+            hour: field(tm.tm_hour),
+            minute: field(tm.tm_min),
+            second: field(tm.tm_sec),
+            // tm_wday counts from 0 = Sunday.
+            weekday: field(tm.tm_wday.saturating_add(1)),
         }
     }
 }
@@ -138,27 +138,32 @@ impl Default for Cmos {
     }
 }
 
-impl BusDevice for Cmos {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
-        let value = match offset {
+impl ByteRegisters for Cmos {
+    fn read_byte(&mut self, offset: u64) -> u8 {
+        match offset {
             INDEX_OFFSET => self.index,
             DATA_OFFSET => self.read_reg(self.index),
             _ => 0xff,
-        };
-        data.fill(0);
-        if let Some(first) = data.first_mut() {
-            *first = value;
         }
     }
 
-    fn write(&mut self, offset: u64, data: &[u8]) {
-        let Some(&value) = data.first() else { return };
+    fn write_byte(&mut self, offset: u64, value: u8) {
         match offset {
             // Bit 7 is the NMI mask on a PC, not part of the index.
             INDEX_OFFSET => self.index = value & 0x7f,
             DATA_OFFSET => self.write_reg(self.index, value),
             _ => {}
         }
+    }
+}
+
+impl BusDevice for Cmos {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        read_bytes(self, offset, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        write_bytes(self, offset, data);
     }
 }
 

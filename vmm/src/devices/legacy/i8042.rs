@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::devices::bus::BusDevice;
 use crate::devices::irq::EdgeIrq;
+use crate::devices::legacy::{read_bytes, write_bytes, ByteRegisters};
 use crate::exit::{ExitHandle, ExitReason};
 
 const DATA_OFFSET: u64 = 0;
@@ -211,9 +212,9 @@ impl I8042 {
     }
 }
 
-impl BusDevice for I8042 {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
-        let value = match offset {
+impl ByteRegisters for I8042 {
+    fn read_byte(&mut self, offset: u64) -> u8 {
+        match offset {
             DATA_OFFSET => {
                 let v = self.buf.pop_front().unwrap_or(0);
                 self.notify();
@@ -221,15 +222,10 @@ impl BusDevice for I8042 {
             }
             COMMAND_OFFSET => self.status(),
             _ => 0xff,
-        };
-        data.fill(0);
-        if let Some(first) = data.first_mut() {
-            *first = value;
         }
     }
 
-    fn write(&mut self, offset: u64, data: &[u8]) {
-        let Some(&value) = data.first() else { return };
+    fn write_byte(&mut self, offset: u64, value: u8) {
         match offset {
             DATA_OFFSET => {
                 self.last_was_command = false;
@@ -241,6 +237,16 @@ impl BusDevice for I8042 {
             }
             _ => {}
         }
+    }
+}
+
+impl BusDevice for I8042 {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        read_bytes(self, offset, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        write_bytes(self, offset, data);
     }
 }
 
