@@ -105,6 +105,15 @@ pub fn run(vmm: Vmm, signals: &SignalFd, opts: &RunOptions) -> Result<ExitReason
     // built (see `privileges`). Every thread installs its own filter. The
     // workers' go on first, before any vCPU exists to hand them queues.
     start_workers(workers, opts.seccomp)?;
+    let console_filter = match opts.seccomp {
+        true => Some(Arc::new(
+            seccomp::filter(ThreadKind::Console).map_err(Fatal::vmm)?,
+        )),
+        false => None,
+    };
+    lock(&serial)
+        .start_output(console_filter)
+        .map_err(|e| Fatal::vmm(format!("cannot start the console writer: {e}")))?;
     let start = Arc::new(Barrier::new(vcpus.len() + 1));
     let stop = Arc::new(AtomicBool::new(false));
     let vcpu_filter = match opts.seccomp {

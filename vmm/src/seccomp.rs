@@ -9,7 +9,8 @@
 //! is built (setuid/setgid/setgroups are allowed by no filter), then each
 //! virtio worker installs its device kind's list when told to start (the
 //! workers exist from the moment the devices are built, so they cannot
-//! inherit anything), then the vCPU threads and finally the main thread
+//! inherit anything), then the serial console's writer thread installs
+//! its own as it starts, then the vCPU threads and finally the main thread
 //! install theirs. No thread is created after that.
 //!
 //! The lists were checked with `strace -f` on the tests (vmm/tests/run.rs
@@ -39,6 +40,8 @@ pub enum ThreadKind {
     NetWorker,
     /// The worker thread of a virtio-rng transport.
     RngWorker,
+    /// The thread that writes the serial console's output to stdout.
+    Console,
 }
 
 impl ThreadKind {
@@ -116,6 +119,9 @@ fn syscalls(kind: ThreadKind) -> &'static [i64] {
         ThreadKind::NetWorker => &[],
         // The entropy itself.
         ThreadKind::RngWorker => &[libc::SYS_getrandom],
+        // Writes to stdout are in the list; sleeping out a full
+        // non-blocking stdout is all it adds.
+        ThreadKind::Console => &[libc::SYS_nanosleep, libc::SYS_clock_nanosleep],
     }
 }
 
@@ -136,7 +142,10 @@ fn ioctls(kind: ThreadKind) -> &'static [u64] {
         // Running the guest; the SCI is also raised on a PM register write.
         ThreadKind::Vcpu => &[KVM_RUN, KVM_IRQ_LINE],
         // Workers signal interrupts through irqfds, never by ioctl.
-        ThreadKind::BlockWorker | ThreadKind::NetWorker | ThreadKind::RngWorker => &[],
+        ThreadKind::BlockWorker
+        | ThreadKind::NetWorker
+        | ThreadKind::RngWorker
+        | ThreadKind::Console => &[],
     }
 }
 
@@ -197,6 +206,7 @@ const ALL_KINDS: &[ThreadKind] = &[
     ThreadKind::BlockWorker,
     ThreadKind::NetWorker,
     ThreadKind::RngWorker,
+    ThreadKind::Console,
 ];
 
 extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
