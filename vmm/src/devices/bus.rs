@@ -93,6 +93,55 @@ impl Bus {
         }
     }
 
+    /// A string read (`rep ins`): `data` is `count` items of `size` bytes,
+    /// each read from `addr` in turn, as `count` separate accesses. One
+    /// access (`in`) is the case `data.len() == size`. The device is held
+    /// for the whole string, so the items come from consecutive accesses.
+    pub fn read_each(&self, addr: u64, size: usize, data: &mut [u8]) {
+        if size == 0 || data.len() % size != 0 {
+            self.report_malformed(addr, size, data.len());
+            data.fill(0xff);
+            return;
+        }
+        match self.find(addr, size) {
+            Some((offset, dev)) => {
+                let mut dev = lock(dev);
+                for item in data.chunks_exact_mut(size) {
+                    dev.read(offset, item);
+                }
+            }
+            None => {
+                data.fill(0xff);
+                self.report_unmapped("read", addr, size);
+            }
+        }
+    }
+
+    /// A string write (`rep outs`): `count` writes of `size` bytes to `addr`,
+    /// in order; see [`Bus::read_each`].
+    pub fn write_each(&self, addr: u64, size: usize, data: &[u8]) {
+        if size == 0 || data.len() % size != 0 {
+            self.report_malformed(addr, size, data.len());
+            return;
+        }
+        match self.find(addr, size) {
+            Some((offset, dev)) => {
+                let mut dev = lock(dev);
+                for item in data.chunks_exact(size) {
+                    dev.write(offset, item);
+                }
+            }
+            None => self.report_unmapped("write", addr, size),
+        }
+    }
+
+    fn report_malformed(&self, addr: u64, size: usize, len: usize) {
+        log::warn!(
+            "{} access at {addr:#x} of {len} bytes is not a whole number of {size}-byte items; ignored",
+            self.name
+        );
+    }
+
     fn report_unmapped(&self, op: &str, addr: u64, size: usize) {
         let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
         if reported.len() < MAX_UNMAPPED_REPORTS && reported.insert(addr) {
@@ -162,6 +211,81 @@ mod tests {
             bus.read(0x1000 + addr, &mut out);
         }
         assert_eq!(bus.reported.lock().unwrap().len(), MAX_UNMAPPED_REPORTS);
+    }
+
+    /// Records every access it sees, in order.
+    #[derive(Default)]
+    struct Recorder {
+        accesses: Vec<(char, u64, Vec<u8>)>,
+        next: u8,
+    }
+
+    impl BusDevice for Recorder {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
+            for b in data.iter_mut() {
+                self.next += 1;
+                *b = self.next;
+            }
+            self.accesses.push(('r', offset, data.to_vec()));
+        }
+        fn write(&mut self, offset: u64, data: &[u8]) {
+            self.accesses.push(('w', offset, data.to_vec()));
+        }
+    }
+
+    fn recorder_bus() -> (Bus, Arc<Mutex<Recorder>>) {
+        let rec = Arc::new(Mutex::new(Recorder::default()));
+        let mut bus = Bus::new("port");
+        bus.insert(rec.clone(), 0x3f8, 8).unwrap();
+        (bus, rec)
+    }
+
+    #[test]
+    fn rep_outsb_is_one_write_per_byte() {
+        let (bus, rec) = recorder_bus();
+        bus.write_each(0x3f8, 1, b"hello");
+        let seen = &rec.lock().unwrap().accesses;
+        let expected: Vec<_> = b"hello".iter().map(|&b| ('w', 0, vec![b])).collect();
+        assert_eq!(*seen, expected);
+    }
+
+    #[test]
+    fn rep_outsw_is_one_write_per_word() {
+        let (bus, rec) = recorder_bus();
+        bus.write_each(0x3fa, 2, &[1, 2, 3, 4, 5, 6]);
+        let seen = &rec.lock().unwrap().accesses;
+        assert_eq!(
+            *seen,
+            vec![('w', 2, vec![1, 2]), ('w', 2, vec![3, 4]), ('w', 2, vec![5, 6])]
+        );
+    }
+
+    #[test]
+    fn rep_insb_reads_each_byte_in_turn() {
+        let (bus, rec) = recorder_bus();
+        let mut data = [0u8; 4];
+        bus.read_each(0x3f8, 1, &mut data);
+        assert_eq!(data, [1, 2, 3, 4], "four reads, not one read of four bytes");
+        assert_eq!(rec.lock().unwrap().accesses.len(), 4);
+        // A single `in` is the one-item case.
+        let mut one = [0u8; 1];
+        bus.read_each(0x3fd, 1, &mut one);
+        assert_eq!(one, [5]);
+        assert_eq!(rec.lock().unwrap().accesses.last().unwrap().1, 5);
+    }
+
+    #[test]
+    fn strings_to_unmapped_or_malformed_are_ignored() {
+        let (bus, rec) = recorder_bus();
+        let mut data = [0u8; 6];
+        bus.read_each(0x2f8, 1, &mut data);
+        assert_eq!(data, [0xff; 6]);
+        bus.write_each(0x2f8, 1, b"lost");
+        // The last item would straddle the device's end.
+        bus.write_each(0x3ff, 2, &[1, 2]);
+        bus.write_each(0x3f8, 4, &[1, 2, 3]);
+        bus.write_each(0x3f8, 0, &[1]);
+        assert!(rec.lock().unwrap().accesses.is_empty());
     }
 
     #[test]
