@@ -9,7 +9,7 @@ use kvm_bindings::{
     kvm_run, KVM_EXIT_IO, KVM_EXIT_IO_IN, KVM_EXIT_IO_OUT, KVM_SYSTEM_EVENT_CRASH,
     KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 use seccompiler::BpfProgram;
 
 use crate::arch::x86_64::{cpuid, regs};
@@ -45,7 +45,16 @@ impl Vcpu {
         let mut cpuid = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| format!("cannot get supported CPUID: {e}"))?;
-        cpuid::filter(&mut cpuid, id, count);
+        let timers = cpuid::Timers {
+            tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
+            // Fails when the host TSC is unstable: then the guest
+            // calibrates against kvmclock and does not get the leaf.
+            tsc_khz: fd.get_tsc_khz().ok(),
+        };
+        if id == 0 {
+            log::debug!("guest timers: {timers:?}");
+        }
+        cpuid::filter(&mut cpuid, id, count, timers).map_err(|e| format!("vCPU {id}: {e}"))?;
         fd.set_cpuid2(&cpuid)
             .map_err(|e| format!("cannot set CPUID of vCPU {id}: {e}"))?;
         regs::setup_vcpu(&fd, (id == 0).then_some(entry)).map_err(|e| format!("vCPU {id}: {e}"))?;
@@ -247,7 +256,10 @@ fn host_uptime() -> Duration {
     if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
         return Duration::ZERO;
     }
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
 }
 
 #[cfg(test)]
@@ -277,7 +289,8 @@ mod tests {
             let r = run.run();
             r.exit_reason = KVM_EXIT_IO;
             r.__bindgen_anon_1.io = KvmIo {
-                direction: if out { KVM_EXIT_IO_OUT } else { KVM_EXIT_IO_IN } as u8,
+                direction: u8::try_from(if out { KVM_EXIT_IO_OUT } else { KVM_EXIT_IO_IN })
+                    .unwrap(),
                 size,
                 port,
                 count,
@@ -369,7 +382,7 @@ mod tests {
         let (bus, _, sink) = serial_bus();
         let mut run = FakeRun::io(true, 0x3f8, 1, u32::MAX);
         assert!(run.exit(&bus).is_err());
-        let mut run = FakeRun::io(true, 0x3f8, 4, (RUN_SIZE / 4) as u32);
+        let mut run = FakeRun::io(true, 0x3f8, 4, u32::try_from(RUN_SIZE / 4).unwrap());
         assert!(run.exit(&bus).is_err());
         let mut run = FakeRun::io(true, 0x3f8, 1, 1);
         run.run().exit_reason = kvm_bindings::KVM_EXIT_MMIO;
