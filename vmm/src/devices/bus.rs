@@ -173,11 +173,11 @@ mod tests {
 
     impl BusDevice for Scratch {
         fn read(&mut self, offset: u64, data: &mut [u8]) {
-            let o = offset as usize;
+            let o = usize::try_from(offset).unwrap();
             data.copy_from_slice(&self.bytes[o..o + data.len()]);
         }
         fn write(&mut self, offset: u64, data: &[u8]) {
-            let o = offset as usize;
+            let o = usize::try_from(offset).unwrap();
             self.bytes[o..o + data.len()].copy_from_slice(data);
         }
     }

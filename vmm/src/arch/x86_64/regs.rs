@@ -98,7 +98,7 @@ pub fn configure_sregs(sregs: &mut kvm_sregs) {
     let tss = kvm_segment_from_gdt(gdt[3], 3);
 
     sregs.gdt.base = BOOT_GDT_START;
-    sregs.gdt.limit = (std::mem::size_of_val(&gdt) - 1) as u16;
+    sregs.gdt.limit = u16::try_from(std::mem::size_of_val(&gdt) - 1).unwrap_or(u16::MAX);
     sregs.idt.base = BOOT_IDT_START;
     sregs.idt.limit = 7;
 
@@ -165,14 +165,20 @@ pub fn setup_vcpu(vcpu: &VcpuFd, boot_entry: Option<u64>) -> Result<(), Error> {
 fn set_lint(vcpu: &VcpuFd) -> Result<(), Error> {
     let mut lapic = vcpu.get_lapic().map_err(|e| Error::Kvm("LAPIC", e))?;
     let mut set = |reg: usize, mode: u32| {
-        let bytes: [u8; 4] = std::array::from_fn(|i| lapic.regs[reg + i] as u8);
+        let Some(field) = lapic.regs.get_mut(reg..reg + 4) else {
+            return Err(Error::Memory("LAPIC register"));
+        };
+        // c_char is i8 here: the casts reinterpret the bytes, no value is
+        // truncated.
+        let bytes: [u8; 4] = std::array::from_fn(|i| field.get(i).map_or(0, |&b| b as u8));
         let value = (u32::from_le_bytes(bytes) & !0x700) | (mode << 8);
-        for (i, b) in value.to_le_bytes().iter().enumerate() {
-            lapic.regs[reg + i] = *b as _;
+        for (dst, src) in field.iter_mut().zip(value.to_le_bytes()) {
+            *dst = src as _;
         }
+        Ok(())
     };
-    set(APIC_LVT0, APIC_MODE_EXTINT);
-    set(APIC_LVT1, APIC_MODE_NMI);
+    set(APIC_LVT0, APIC_MODE_EXTINT)?;
+    set(APIC_LVT1, APIC_MODE_NMI)?;
     vcpu.set_lapic(&lapic).map_err(|e| Error::Kvm("LAPIC", e))
 }
 

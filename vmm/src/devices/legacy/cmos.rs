@@ -48,15 +48,17 @@ impl DateTime {
     /// The civil date of `secs` seconds since the Unix epoch, by libc's
     /// `gmtime_r`. A time libc cannot represent reads as the epoch.
     pub fn from_unix(secs: u64) -> Self {
-        let t = libc::time_t::try_from(secs).unwrap_or(0);
-        // SAFETY: an all-zero `tm` is a valid value (integers and a null
-        // zone pointer).
-        let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-        // SAFETY: both pointers are valid for the call; gmtime_r is
-        // re-entrant and only writes `tm`.
-        if unsafe { libc::gmtime_r(&t, &mut tm) }.is_null() {
-            return Self::from_unix(0);
-        }
+        let Some(tm) = gmtime(secs).or_else(|| gmtime(0)) else {
+            return DateTime {
+                year: 1970,
+                month: 1,
+                day: 1,
+                hour: 0,
+                minute: 0,
+                second: 0,
+                weekday: 5,
+            };
+        };
         let field = |v: libc::c_int| u32::try_from(v).unwrap_or(0);
         DateTime {
             year: field(tm.tm_year.saturating_add(1900)),
@@ -69,6 +71,21 @@ impl DateTime {
             weekday: field(tm.tm_wday.saturating_add(1)),
         }
     }
+}
+
+/// libc's `gmtime_r`; `None` for a time it cannot represent.
+// libc flags musl's time_t as deprecated ahead of musl 1.2's switch to 64
+// bits; on x86_64 it is 64 bits on both musl and glibc already.
+#[allow(deprecated)]
+fn gmtime(secs: u64) -> Option<libc::tm> {
+    let t = libc::time_t::try_from(secs).ok()?;
+    // SAFETY: an all-zero `tm` is a valid value (integers and a null zone
+    // pointer).
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call; gmtime_r is re-entrant
+    // and writes only `tm`.
+    let ok = !unsafe { libc::gmtime_r(&t, &mut tm) }.is_null();
+    ok.then_some(tm)
 }
 
 pub struct Cmos {
@@ -88,16 +105,31 @@ impl Cmos {
     }
 
     pub fn with_clock(now: Box<dyn Fn() -> u64 + Send>) -> Self {
-        let mut ram = [0u8; 128];
-        ram[usize::from(REG_A)] = REG_A_DEFAULT;
-        ram[usize::from(REG_B)] = REG_B_24H;
-        ram[usize::from(REG_D)] = REG_D_VALID;
-        Cmos { index: 0, ram, now }
+        let mut cmos = Cmos {
+            index: 0,
+            ram: [0u8; 128],
+            now,
+        };
+        cmos.set(REG_A, REG_A_DEFAULT);
+        cmos.set(REG_B, REG_B_24H);
+        cmos.set(REG_D, REG_D_VALID);
+        cmos
+    }
+
+    /// CMOS RAM byte `reg` (the index is 7 bits wide, the RAM 128 bytes).
+    fn get(&self, reg: u8) -> u8 {
+        self.ram.get(usize::from(reg)).copied().unwrap_or(0xff)
+    }
+
+    fn set(&mut self, reg: u8, value: u8) {
+        if let Some(byte) = self.ram.get_mut(usize::from(reg)) {
+            *byte = value;
+        }
     }
 
     fn encode(&self, value: u32) -> u8 {
         let value = (value % 100) as u8;
-        if self.ram[usize::from(REG_B)] & REG_B_BINARY != 0 {
+        if self.get(REG_B) & REG_B_BINARY != 0 {
             value
         } else {
             ((value / 10) << 4) | (value % 10)
@@ -117,8 +149,8 @@ impl Cmos {
             REG_CENTURY => self.encode(t().year / 100),
             // Interrupt flags clear on read; we never raise any.
             REG_C => 0,
-            REG_B => self.ram[usize::from(REG_B)] | REG_B_24H,
-            _ => self.ram[usize::from(reg)],
+            REG_B => self.get(REG_B) | REG_B_24H,
+            _ => self.get(reg),
         }
     }
 
@@ -126,8 +158,8 @@ impl Cmos {
         match reg {
             REG_SECONDS..=REG_YEAR | REG_CENTURY | REG_C | REG_D => {}
             // Keep the update-in-progress bit clear: the guest waits on it.
-            REG_A => self.ram[usize::from(REG_A)] = value & 0x7f,
-            _ => self.ram[usize::from(reg)] = value,
+            REG_A => self.set(REG_A, value & 0x7f),
+            _ => self.set(reg, value),
         }
     }
 }

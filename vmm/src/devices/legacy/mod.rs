@@ -43,7 +43,7 @@ mod tests {
     impl ByteRegisters for Log {
         fn read_byte(&mut self, offset: u64) -> u8 {
             self.0.push(('r', offset, 0));
-            0x10 + offset as u8
+            0x10 + u8::try_from(offset).unwrap()
         }
         fn write_byte(&mut self, offset: u64, value: u8) {
             self.0.push(('w', offset, value));
