@@ -90,6 +90,10 @@ const TX_SLACK: usize = 4096 + TX_FIFO;
 
 /// How long a stopping VM waits for its buffered output to reach stdout.
 pub const STOP_FLUSH: Duration = Duration::from_secs(2);
+/// How long the writer, once woken, lets output gather before it writes:
+/// a byte-at-a-time guest would otherwise cost a wake-up and a write per
+/// byte. Short enough that a prompt still shows up at once.
+const GATHER: Duration = Duration::from_millis(1);
 /// Back-off when stdout is non-blocking and full.
 const RETRY_MIN: Duration = Duration::from_millis(1);
 const RETRY_MAX: Duration = Duration::from_millis(20);
@@ -460,19 +464,28 @@ impl BusDevice for SerialDevice {
 fn writer(shared: &Shared, mut out: Box<dyn Write + Send>) {
     let mut chunk = Vec::new();
     loop {
-        {
-            let mut uart = shared.lock();
+        let mut uart = shared.lock();
+        if uart.tx.is_empty() && !uart.stopping {
             while uart.tx.is_empty() && !uart.stopping {
                 uart.writer_idle = true;
                 uart = shared.wake.wait(uart).unwrap_or_else(|e| e.into_inner());
             }
             uart.writer_idle = false;
+            if !uart.stopping && uart.buffered() < TX_CAPACITY / 2 {
+                // Not idle: the vCPU does not wake us for each byte.
+                drop(uart);
+                thread::sleep(GATHER);
+                uart = shared.lock();
+            }
+        }
+        {
             if uart.tx.is_empty() {
                 return; // stopping, and everything is out
             }
             chunk.clear();
             chunk.extend(uart.tx.drain(..));
             uart.in_flight = chunk.len();
+            drop(uart);
         }
         if let Err(e) = write_out(&mut *out, &chunk) {
             stdout_failed(shared, &e.to_string());
