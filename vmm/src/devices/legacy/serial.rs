@@ -20,7 +20,10 @@
 //!   edge on the irqfd. A THRE condition is re-armed whenever the
 //!   transmitter becomes empty after a THR write and whenever IER is
 //!   written with ETBEI while it is empty (which drivers rely on), and is
-//!   cleared by an IIR read that reports it or by a THR write.
+//!   cleared by an IIR read that reports it or by a THR write. An edge can
+//!   still get lost on its way (KVM's IOAPIC drops one that reaches a
+//!   masked pin), so while INTR stays up and the guest does not touch the
+//!   UART, the writer thread raises it again, with a growing period.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -94,6 +97,10 @@ pub const STOP_FLUSH: Duration = Duration::from_secs(2);
 /// a byte-at-a-time guest would otherwise cost a wake-up and a write per
 /// byte. Short enough that a prompt still shows up at once.
 const GATHER: Duration = Duration::from_millis(1);
+/// An interrupt the guest leaves unanswered this long (no register access
+/// while INTR is up) is raised again, then after twice as long, and so on.
+const KICK_FIRST: Duration = Duration::from_millis(100);
+const KICK_MAX: Duration = Duration::from_secs(2);
 /// Back-off when stdout is non-blocking and full.
 const RETRY_MIN: Duration = Duration::from_millis(1);
 const RETRY_MAX: Duration = Duration::from_millis(20);
@@ -123,6 +130,9 @@ struct Uart {
     /// occupy the buffer.
     in_flight: usize,
     writer_idle: bool,
+    /// Guest register accesses so far: tells the writer whether the guest
+    /// has looked at the UART since INTR went up.
+    accesses: u64,
     /// The VM is stopping: the writer ends once the buffer is empty.
     stopping: bool,
     /// stdout failed for good: output is discarded (and counted).
@@ -149,6 +159,7 @@ impl Uart {
             tx: VecDeque::new(),
             in_flight: 0,
             writer_idle: false,
+            accesses: 0,
             stopping: false,
             broken: false,
             lost: 0,
@@ -409,6 +420,7 @@ impl SerialDevice {
 
     fn access<T>(&self, f: impl FnOnce(&mut Uart) -> (T, bool)) -> T {
         let mut uart = self.shared.lock();
+        uart.accesses = uart.accesses.wrapping_add(1);
         uart.settle_tx();
         let (value, wake) = f(&mut uart);
         uart.update_irq();
@@ -466,9 +478,30 @@ fn writer(shared: &Shared, mut out: Box<dyn Write + Send>) {
     loop {
         let mut uart = shared.lock();
         if uart.tx.is_empty() && !uart.stopping {
+            let mut kick = KICK_FIRST;
+            let mut seen = uart.accesses;
             while uart.tx.is_empty() && !uart.stopping {
                 uart.writer_idle = true;
-                uart = shared.wake.wait(uart).unwrap_or_else(|e| e.into_inner());
+                let (guard, waited) = shared
+                    .wake
+                    .wait_timeout(uart, kick)
+                    .unwrap_or_else(|e| e.into_inner());
+                uart = guard;
+                if !waited.timed_out() {
+                    continue;
+                }
+                if uart.line && uart.accesses == seen {
+                    // INTR has been up for a whole period and the guest has
+                    // not looked: its edge went missing somewhere (an edge
+                    // that reaches a masked IOAPIC pin is dropped). Send
+                    // another; a spurious one costs the guest an IIR read.
+                    log::debug!("serial: interrupt unanswered for {kick:?}; raising it again");
+                    uart.irq.raise();
+                    kick = (kick * 2).min(KICK_MAX);
+                } else {
+                    kick = KICK_FIRST;
+                }
+                seen = uart.accesses;
             }
             uart.writer_idle = false;
             if !uart.stopping && uart.buffered() < TX_CAPACITY / 2 {
@@ -685,6 +718,28 @@ mod tests {
         assert_eq!(reg(&mut dev, IIR_FCR) & 0x0f, IIR_THRE);
         dev.flush(Duration::from_secs(10));
         assert_eq!(&*sink.0.lock().unwrap(), b"console\n");
+    }
+
+    /// An edge lost on the way (the IOAPIC drops edges while a pin is
+    /// masked) must not leave the line up for good: the UART raises it
+    /// again while the guest does not look, and stops once it does.
+    #[test]
+    fn an_unanswered_interrupt_is_raised_again() {
+        let (mut dev, _, irq) = device();
+        dev.write(IER, &[IER_THRE]);
+        assert_eq!(edges(&irq), 1);
+        // The guest never sees that edge.
+        let started = Instant::now();
+        while edges(&irq) == 0 {
+            assert!(started.elapsed() < Duration::from_secs(5), "no second edge");
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert!(started.elapsed() >= KICK_FIRST / 2);
+        // The guest answers: no more re-raising.
+        assert_eq!(reg(&mut dev, IIR_FCR) & 0x0f, IIR_THRE);
+        dev.write(IER, &[0]);
+        thread::sleep(KICK_FIRST * 3);
+        assert_eq!(edges(&irq), 0);
     }
 
     #[test]
