@@ -2,6 +2,10 @@
 //! 64-bit guests (where /dev/kvm is usable): string port I/O, a 1 MiB
 //! flood read at full speed and slowly (every byte, in order, nothing
 //! dropped), and a stdout nobody reads (the VM still stops).
+//!
+//! They need a usable /dev/kvm: without one they fail, saying so.
+// A failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
 
 use std::fs;
 use std::io::Read;
@@ -136,16 +140,14 @@ impl Drop for Kernel {
     }
 }
 
-fn kvm_usable() -> bool {
-    let ok = fs::OpenOptions::new()
+fn require_kvm() {
+    if let Err(e) = fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        eprintln!("/dev/kvm not usable here; skipping guest run");
+    {
+        panic!("/dev/kvm is not usable here ({e}); this test runs a guest and needs it");
     }
-    ok
 }
 
 fn wait_timeout(child: &mut Child, limit: Duration) -> Option<i32> {
@@ -168,9 +170,7 @@ fn stderr_of(child: &mut Child) -> String {
 
 #[test]
 fn rep_outsb_of_hello_prints_five_bytes() {
-    if !kvm_usable() {
-        return;
-    }
+    require_kvm();
     let k = Kernel::new("outsb", &rep_outsb_hello());
     let out = k.spawn(Stdio::piped()).wait_with_output().unwrap();
     eprintln!("stderr: {}", String::from_utf8_lossy(&out.stderr));
@@ -180,9 +180,7 @@ fn rep_outsb_of_hello_prints_five_bytes() {
 
 #[test]
 fn rep_insb_reads_the_port_once_per_byte() {
-    if !kvm_usable() {
-        return;
-    }
+    require_kvm();
     let k = Kernel::new("insb", &rep_insb_lsr());
     let out = k.spawn(Stdio::piped()).wait_with_output().unwrap();
     assert_eq!(out.stdout, b"````\n", "LSR (THRE|TEMT) four times");
@@ -220,9 +218,7 @@ const FLOOD: u32 = 1 << 20;
 
 #[test]
 fn a_mib_flood_arrives_whole_and_in_order_with_a_fast_reader() {
-    if !kvm_usable() {
-        return;
-    }
+    require_kvm();
     let k = Kernel::new("flood-fast", &polled_counter(FLOOD));
     let started = Instant::now();
     let mut child = k.spawn(Stdio::piped());
@@ -238,9 +234,7 @@ fn a_mib_flood_arrives_whole_and_in_order_with_a_fast_reader() {
 
 #[test]
 fn a_mib_flood_arrives_whole_and_in_order_with_a_slow_reader() {
-    if !kvm_usable() {
-        return;
-    }
+    require_kvm();
     let k = Kernel::new("flood-slow", &polled_counter(FLOOD));
     let mut child = k.spawn(Stdio::piped());
     // 4 KiB every 2 ms: at most 2 MiB/s, slower than the guest writes.
@@ -255,9 +249,7 @@ fn a_mib_flood_arrives_whole_and_in_order_with_a_slow_reader() {
 /// VM still stops when asked, saying what it could not deliver.
 #[test]
 fn an_undrained_stdout_does_not_wedge_the_stop() {
-    if !kvm_usable() {
-        return;
-    }
+    require_kvm();
     let k = Kernel::new("undrained", &polled_counter(u32::MAX));
     let mut child = k.spawn(Stdio::piped());
     // Keep the pipe open but never read it; wait until it is full (the
