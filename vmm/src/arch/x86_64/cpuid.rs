@@ -11,7 +11,7 @@
 //! with its stable bit, and the TSC frequency in the hypervisor timing
 //! leaf 0x40000010 (eax: TSC kHz, ebx: LAPIC timer kHz).
 
-use kvm_bindings::{kvm_cpuid_entry2, CpuId};
+use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
 /// What the host tells the guest about its timers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -57,6 +57,32 @@ fn id_bits(count: u32) -> u32 {
 /// Adjusts `cpuid` (from KVM_GET_SUPPORTED_CPUID) for vCPU `id` of `count`.
 pub fn filter(cpuid: &mut CpuId, id: u8, count: u8, timers: Timers) -> Result<(), String> {
     let (id, count) = (u32::from(id), u32::from(count));
+    // KVM reports only subleaf 0 (all zero) of the extended topology
+    // leaves. Without the core level in subleaf 1 a guest reads every APIC
+    // id as a package of its own; Linux then counts as many packages as
+    // vCPUs and, on AMD, marks the TSC unstable ("TSCs unsynchronized").
+    for leaf in [LEAF_EXT_TOPOLOGY, LEAF_V2_EXT_TOPOLOGY] {
+        if !cpuid.as_slice().iter().any(|e| e.function == leaf) {
+            continue;
+        }
+        for index in 0..=2 {
+            let present = cpuid
+                .as_slice()
+                .iter()
+                .any(|e| e.function == leaf && e.index == index);
+            if !present {
+                let sub = kvm_cpuid_entry2 {
+                    function: leaf,
+                    index,
+                    flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+                    ..Default::default()
+                };
+                cpuid
+                    .push(sub)
+                    .map_err(|e| format!("cannot add CPUID leaf {leaf:#x}.{index}: {e:?}"))?;
+            }
+        }
+    }
     let has_kvm_leaves = cpuid
         .as_slice()
         .iter()
@@ -275,5 +301,32 @@ mod tests {
         };
         filter(&mut plain, 0, 1, timers).unwrap();
         assert_eq!(plain.as_slice().len(), 1);
+    }
+
+    /// What KVM_GET_SUPPORTED_CPUID gives for leaf 0xb: subleaf 0 only.
+    #[test]
+    fn extended_topology_gets_its_core_level() {
+        let kvm_0xb = kvm_cpuid_entry2 {
+            function: LEAF_EXT_TOPOLOGY,
+            flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+            ..Default::default()
+        };
+        let mut cpuid = CpuId::from_entries(&[entry(1, 0), kvm_0xb]).unwrap();
+        filter(&mut cpuid, 1, 2, Timers::default()).unwrap();
+        let sub = |i: u32| {
+            *cpuid
+                .as_slice()
+                .iter()
+                .find(|e| e.function == LEAF_EXT_TOPOLOGY && e.index == i)
+                .unwrap_or_else(|| panic!("subleaf {i} missing"))
+        };
+        // SMT: 1 thread; core: shift 1 covers both APIC ids, 2 of them;
+        // then the invalid level that ends the list.
+        assert_eq!((sub(0).eax, sub(0).ebx, sub(0).ecx >> 8), (0, 1, LEVEL_TYPE_SMT));
+        assert_eq!((sub(1).eax, sub(1).ebx, sub(1).ecx >> 8), (1, 2, LEVEL_TYPE_CORE));
+        assert_eq!((sub(2).ebx, sub(2).ecx >> 8), (0, 0));
+        assert!((0..3).all(|i| sub(i).edx == 1 && sub(i).flags == KVM_CPUID_FLAG_SIGNIFCANT_INDEX));
+        // No 0x1f from KVM, none added.
+        assert!(cpuid.as_slice().iter().all(|e| e.function != LEAF_V2_EXT_TOPOLOGY));
     }
 }
