@@ -1,0 +1,149 @@
+//! The serial console under load, end to end (nested KVM rig, see
+//! `hv_tests::rig`): a guest writes 1 MiB of numbered lines to its console
+//! as fast as it can, and every line reaches the vmm's stdout, whole and in
+//! order, both when a reader keeps up and when it is slow (the vmm must
+//! hold the guest back, not drop bytes or wedge); and the guest trusts its
+//! clocks: its kernel log has no `APIC timer disabled`, no unstable TSC and
+//! no clocksource fallback.
+//!
+//! Needs the kernels (`scripts/kernel host|guest`, cached) and the static
+//! vmm from `./scripts/build`.
+
+use std::time::Duration;
+
+use hv_tests::rig::Rig;
+
+/// The host kernel booting under TCG, up to its init script.
+const L1_UP: Duration = Duration::from_secs(300);
+/// One guest: boot, 1 MiB through the emulated UART (a VM exit per byte,
+/// nested), checks, power-off; the slow reader takes longer still.
+const RUN: Duration = Duration::from_secs(1500);
+const STOP: Duration = Duration::from_secs(120);
+
+/// Lines of 64 bytes: 1 MiB.
+const LINES: u32 = 16384;
+const PAD: &str = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMN";
+
+/// What the guest's kernel log must not say: the LAPIC timer failing its
+/// check against the PIT, the TSC found unstable, or the clocksource
+/// falling back to something slower than kvm-clock or the TSC.
+const CLOCK_COMPLAINTS: &str = "APIC timer disabled|verification failure|TSC unstable|\
+Marking TSC unstable|unstable because the skew|Switched to clocksource (refined-jiffies|jiffies|acpi_pm|hpet)";
+
+fn guest_rc() -> String {
+    format!(
+        r#"
+echo "guest: flood start at $(cut -d' ' -f1 /proc/uptime)"
+awk 'BEGIN {{ for (i = 1; i <= {LINES}; i++) printf "flood %06d {PAD}\n", i }}'
+echo "guest: flood done at $(cut -d' ' -f1 /proc/uptime)"
+echo "guest: clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
+dmesg | grep -i -E 'tsc|clocksource|apic timer|kvm-clock|calibrat' | sed 's/^/guest: dmesg: /'
+echo "guest: clock complaints $(dmesg | grep -c -E '{CLOCK_COMPLAINTS}')"
+echo "guest: powering off"
+poweroff -f
+"#
+    )
+}
+
+const DEFINITION: &str = r#"
+[machine]
+vcpus = 2
+memory_mib = 256
+
+[boot]
+kernel = "bzImage"
+initrd = "initrd.img"
+cmdline = "console=ttyS0 quiet panic=-1"
+"#;
+
+/// The L1 script: the same guest twice, its console read by `cat` into a
+/// file, then by a reader that takes 4 KiB every 20 ms or so (plus the cost
+/// of three processes per read under TCG); each run is summarised on the
+/// L1 console as `rig: NAME ...` lines.
+fn script() -> String {
+    format!(
+        r#"
+slow() {{
+    : >"$1"
+    while :; do
+        n=$(dd bs=4096 count=1 2>/dev/null | tee -a "$1" | wc -c)
+        [ "$n" -gt 0 ] || break
+        sleep 0.02
+    done
+}}
+fast() {{ cat >"$1"; }}
+run() {{
+    echo "rig: $1 start at $(cut -d' ' -f1 /proc/uptime)"
+    : >/tmp/$1.raw
+    (while sleep 30; do echo "rig: $1 progress $(wc -c </tmp/$1.raw) bytes at $(cut -d' ' -f1 /proc/uptime)"; done) &
+    progress=$!
+    (timeout -s KILL 1400 /bin/vmm --guest /guest/guest.toml --uid 1000 --gid 1000 \
+        </dev/null 2>/tmp/$1.err; echo "exit=$?" >/tmp/$1.exit) | $1 /tmp/$1.raw
+    kill $progress
+    echo "rig: $1 vmm $(cat /tmp/$1.exit) at $(cut -d' ' -f1 /proc/uptime)"
+    tr -d '\r' </tmp/$1.raw >/tmp/$1.out
+    awk -v name=$1 -v lines={LINES} -v pad={PAD} '
+        /^flood / {{
+            n++
+            if ($0 != sprintf("flood %06d %s", n, pad)) {{ bad++; if (!first) first = $0 }}
+        }}
+        END {{ printf "rig: %s flood lines=%d of %d, wrong=%d first_wrong=[%s]\n", name, n, lines, bad + 0, first }}
+    ' /tmp/$1.out
+    echo "rig: $1 bytes=$(wc -c </tmp/$1.raw)"
+    grep -a '^guest: ' /tmp/$1.out | sed "s/^/rig: $1 /"
+    grep -a -i -E 'serial|error|warn|fault|crash' /tmp/$1.err | sed "s/^/rig: $1 vmm-log: /"
+    # What else the guest said (a kernel oops, for one), and how it ended.
+    grep -a -v -E '^(flood |guest: )' /tmp/$1.out | tail -n 40 | sed "s/^/rig: $1 console: /"
+    tail -c 200 /tmp/$1.out | tr -c '[:print:]' '.' | sed "s/^/rig: $1 last bytes: /"; echo
+}}
+run fast
+run slow
+"#
+    )
+}
+
+#[test]
+fn console_flood_arrives_whole_and_in_order_and_the_guest_trusts_its_clocks(
+) -> Result<(), hv_tests::Error> {
+    let mut vm = Rig::new(&script())?
+        .guest(&guest_rc(), DEFINITION)?
+        .boot("vmm_console_flood")?;
+    vm.wait_for(r"^rig: L1 up at .* kvm yes$", L1_UP)?;
+    let mut failures = Vec::new();
+    for reader in ["fast", "slow"] {
+        vm.wait_for(&format!(r"^rig: {reader} start at "), RUN)?;
+        let exit = vm.wait_for(&format!(r"^rig: {reader} vmm exit=\d+ "), RUN)?;
+        let flood = vm.wait_for(&format!(r"^rig: {reader} flood lines="), STOP)?;
+        let start = vm.wait_for(&format!(r"^rig: {reader} guest: flood start at "), STOP)?;
+        let done = vm.wait_for(&format!(r"^rig: {reader} guest: flood done at "), STOP)?;
+        let clock = vm.wait_for(&format!(r"^rig: {reader} guest: clocksource "), STOP)?;
+        let complaints =
+            vm.wait_for(&format!(r"^rig: {reader} guest: clock complaints "), STOP)?;
+        vm.wait_for(&format!(r"^rig: {reader} guest: powering off$"), STOP)?;
+        eprintln!("{reader}: {exit} | {flood} | {start} | {done} | {clock} | {complaints}");
+        if !exit.contains("exit=0 ") {
+            failures.push(exit);
+        }
+        if flood != format!("rig: {reader} flood lines={LINES} of {LINES}, wrong=0 first_wrong=[]") {
+            failures.push(flood);
+        }
+        if !(clock.ends_with(" kvm-clock") || clock.ends_with(" tsc")) {
+            failures.push(clock);
+        }
+        if !complaints.ends_with(" complaints 0") {
+            failures.push(complaints);
+        }
+    }
+    vm.wait_for(r"^rig: done$", STOP)?;
+    vm.wait_exit(STOP)?;
+    let console = vm.console_text();
+    for line in console.lines().filter(|l| l.contains("guest: dmesg: ")) {
+        eprintln!("{line}");
+    }
+    assert!(
+        failures.is_empty(),
+        "{failures:#?} (see {})",
+        vm.log_path().display()
+    );
+    Ok(())
+}
