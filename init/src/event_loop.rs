@@ -267,7 +267,7 @@ impl Init {
     fn reap(&mut self) {
         loop {
             let (pid, exit) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::Code(code)),
+                Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::from_code(code)),
                 Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, Exit::Signal(sig as i32)),
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(_) => continue,

@@ -6,10 +6,12 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hvconfig::guest::DiskSource;
 use hvconfig::GuestConfig;
+use hvcontract::launch::Ids;
+use hvcontract::Launch;
 
 use crate::boot_medium::BootMedium;
 use crate::cgroup;
@@ -156,8 +158,8 @@ impl Guest {
                 continue;
             }
             let name = net::tap_name(net.tap.as_deref(), &self.config.name, self.index, i);
-            let file = net::open_tap(&name)
-                .map_err(|e| io::Error::new(e.kind(), format!("tap {name}: {e}")))?;
+            // The error names the tap already.
+            let file = net::open_tap(&name)?;
             match nl.as_deref_mut() {
                 Some(nl) => net::attach_tap(nl, &name, net.bridge.as_deref())
                     .map_err(|e| io::Error::new(e.kind(), format!("tap {name}: {e}")))?,
@@ -261,30 +263,21 @@ impl Guest {
             None => None,
         };
 
-        let mut args = vec![
-            "vmm".to_string(),
-            "--guest".to_string(),
-            self.config.file.display().to_string(),
-        ];
-        let mut keep: Vec<RawFd> = Vec::new();
-        for (i, disk) in disks.iter().enumerate() {
-            args.push("--disk-fd".into());
-            args.push(format!("{i}={}", disk.as_raw_fd()));
-            keep.push(disk.as_raw_fd());
-        }
-        for (i, tap) in self.taps.iter().enumerate() {
-            if let Some(tap) = tap {
-                args.push("--tap-fd".into());
-                args.push(format!("{i}={}", tap.file.as_raw_fd()));
-                keep.push(tap.file.as_raw_fd());
-            }
-        }
-        let id = self.uid().to_string();
-        args.extend(["--uid".into(), id.clone(), "--gid".into(), id]);
-        args.extend([
-            "--shutdown-timeout".into(),
-            ctx.shutdown_timeout_s.to_string(),
-        ]);
+        let mut launch = Launch::definition(&self.config.file);
+        launch.disk_fds = disks.iter().map(AsRawFd::as_raw_fd).enumerate().collect();
+        launch.tap_fds = self
+            .taps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, tap)| tap.as_ref().map(|t| (i, t.file.as_raw_fd())))
+            .collect();
+        let id = self.uid();
+        launch.ids = Some(Ids { uid: id, gid: id });
+        launch.shutdown_timeout = Duration::from_secs(u64::from(ctx.shutdown_timeout_s));
+        let keep = launch.inherited_fds();
+        let args: Vec<String> = std::iter::once("vmm".to_string())
+            .chain(launch.to_args())
+            .collect();
 
         let binds = self.binds()?;
         let (out_r, out_w) = pipe()?;

@@ -1,12 +1,12 @@
 //! Host networking: bridges with their uplink NICs and addresses, and one
 //! tap per guest NIC. Links are configured over rtnetlink; taps are made
-//! with the TUN driver's ioctl because their fd is what the vmm needs.
+//! with `hvcontract::tap`, exactly as the vmm expects them, because their
+//! fd is what the vmm needs.
 
 use std::ffi::CString;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
 
 use hvconfig::host::{Bridge, IpCidr};
 use netlink_packet_core::{
@@ -213,24 +213,6 @@ fn setup_bridge(nl: &mut Netlink, bridge: &Bridge) -> io::Result<()> {
     Ok(())
 }
 
-const IFF_TAP: libc::c_short = 0x0002;
-const IFF_NO_PI: libc::c_short = 0x1000;
-const IFF_VNET_HDR: libc::c_short = 0x4000;
-
-/// struct ifreq as TUNSETIFF reads it: name, flags, padding to 40 bytes.
-#[repr(C)]
-struct IfReqFlags {
-    name: [u8; libc::IFNAMSIZ],
-    flags: libc::c_short,
-    _pad: [u8; 22],
-}
-
-nix::ioctl_write_ptr_bad!(
-    tunsetiff,
-    nix::request_code_write!(b'T', 202, std::mem::size_of::<libc::c_int>()),
-    IfReqFlags
-);
-
 /// Name of the tap for NIC `nic` of guest number `guest`: the configured
 /// one, else `NAME.N` when it fits the kernel's 15 bytes, else `hvG.N`.
 pub fn tap_name(configured: Option<&str>, guest_name: &str, guest: usize, nic: usize) -> String {
@@ -245,31 +227,11 @@ pub fn tap_name(configured: Option<&str>, guest_name: &str, guest: usize, nic: u
     }
 }
 
-/// Creates (or attaches to) tap `name`. The device lives as long as the
-/// returned fd, which init keeps across vmm restarts.
+/// Creates (or attaches to) tap `name` with the flags the vmm expects.
+/// The device lives as long as the returned fd, which init keeps across
+/// vmm restarts; it is close-on-exec, and handed to each vmm explicitly.
 pub fn open_tap(name: &str) -> io::Result<File> {
-    let mut req = IfReqFlags {
-        name: [0; libc::IFNAMSIZ],
-        flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
-        _pad: [0; 22],
-    };
-    let bytes = name.as_bytes();
-    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("tap name '{name}' must be 1 to 15 bytes"),
-        ));
-    }
-    if let Some(dst) = req.name.get_mut(..bytes.len()) {
-        dst.copy_from_slice(bytes);
-    }
-    let tun = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/net/tun")?;
-    // SAFETY: `req` is a properly sized ifreq that outlives the call.
-    unsafe { tunsetiff(tun.as_raw_fd(), &req) }.map_err(io::Error::from)?;
-    Ok(tun)
+    hvcontract::tap::open(name, false)
 }
 
 /// Puts a tap on its bridge (if any) and brings it up.
@@ -293,10 +255,5 @@ mod tests {
         assert_eq!(tap_name(None, "web", 3, 1), "web.1");
         assert_eq!(tap_name(None, "a-very-long-name", 12, 0), "hv12.0");
         assert_eq!(tap_name(None, "exactly-twelv", 1, 0), "exactly-twelv.0");
-    }
-
-    #[test]
-    fn ifreq_layout_matches_the_kernel() {
-        assert_eq!(std::mem::size_of::<IfReqFlags>(), 40);
     }
 }

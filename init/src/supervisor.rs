@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use heapless::Deque;
 use hvconfig::guest::RestartPolicy;
+use hvcontract::VmmExit;
 
 pub const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
@@ -19,44 +20,40 @@ pub const STABLE_RUN: Duration = Duration::from_secs(60);
 /// past loading its definition and kernel, so the guest counts as running.
 pub const STARTUP_GRACE: Duration = Duration::from_secs(2);
 
-/// vmm exit codes (see the team contract).
-pub mod exit_code {
-    pub const POWERED_OFF: i32 = 0;
-    pub const INVALID: i32 = 2;
-    pub const REBOOT: i32 = 3;
-    pub const STOPPED_BY_HOST: i32 = 5;
-}
-
 /// How a vmm process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
-    Code(i32),
+    /// An exit code the vmm gives (see `hvcontract::VmmExit`).
+    Vmm(VmmExit),
+    /// An exit code no vmm gives.
+    UnknownCode(i32),
     Signal(i32),
     /// The vmm could not even be started (jail or exec failure).
     SpawnFailed,
 }
 
 impl Exit {
-    /// Exit codes other than "powered off" and "stopped by the host" are
-    /// failures; a guest-requested reboot is not one either.
+    /// What an exit status code means.
+    pub fn from_code(code: i32) -> Exit {
+        VmmExit::from_code(code).map_or(Exit::UnknownCode(code), Exit::Vmm)
+    }
+
+    /// Everything but a power-off, a guest-requested reboot and a stop by
+    /// the host is a failure; so are unknown codes, signals and failed
+    /// spawns.
     pub fn is_failure(self) -> bool {
-        !matches!(
-            self,
-            Exit::Code(exit_code::POWERED_OFF | exit_code::REBOOT | exit_code::STOPPED_BY_HOST)
-        )
+        match self {
+            Exit::Vmm(e) => e.is_failure(),
+            Exit::UnknownCode(_) | Exit::Signal(_) | Exit::SpawnFailed => true,
+        }
     }
 }
 
 impl fmt::Display for Exit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Exit::Code(exit_code::POWERED_OFF) => f.write_str("guest powered off (exit 0)"),
-            Exit::Code(exit_code::REBOOT) => f.write_str("guest rebooted (exit 3)"),
-            Exit::Code(exit_code::STOPPED_BY_HOST) => f.write_str("stopped by host (exit 5)"),
-            Exit::Code(1) => f.write_str("vmm error (exit 1)"),
-            Exit::Code(2) => f.write_str("invalid definition or kernel (exit 2)"),
-            Exit::Code(4) => f.write_str("guest crashed (exit 4)"),
-            Exit::Code(code) => write!(f, "exit {code}"),
+            Exit::Vmm(e) => e.fmt(f),
+            Exit::UnknownCode(code) => write!(f, "exit {code}"),
             Exit::Signal(sig) => write!(f, "killed by signal {sig}"),
             Exit::SpawnFailed => f.write_str("could not be started"),
         }
@@ -234,7 +231,7 @@ impl Supervisor {
         if ran_for >= STABLE_RUN {
             self.backoff = BACKOFF_FIRST;
         }
-        if exit == Exit::Code(exit_code::INVALID) {
+        if exit == Exit::Vmm(VmmExit::Invalid) {
             self.state = State::Failed;
             return Verdict::Invalid;
         }
@@ -244,7 +241,7 @@ impl Supervisor {
         }
         let restart = match self.policy {
             RestartPolicy::Always => true,
-            RestartPolicy::OnFailure => exit.is_failure() || exit == Exit::Code(exit_code::REBOOT),
+            RestartPolicy::OnFailure => exit.is_failure() || exit == Exit::Vmm(VmmExit::Reboot),
             RestartPolicy::Never => false,
         };
         if !restart {
@@ -309,6 +306,26 @@ mod tests {
     }
 
     #[test]
+    fn exits_read_as_the_tests_and_operators_expect() {
+        for (exit, text) in [
+            (Exit::from_code(0), "guest powered off (exit 0)"),
+            (Exit::from_code(1), "vmm error (exit 1)"),
+            (Exit::from_code(2), "invalid definition or kernel (exit 2)"),
+            (Exit::from_code(3), "guest rebooted (exit 3)"),
+            (Exit::from_code(4), "guest crashed (exit 4)"),
+            (Exit::from_code(5), "stopped by host (exit 5)"),
+            (Exit::from_code(77), "exit 77"),
+            (Exit::Signal(9), "killed by signal 9"),
+            (Exit::SpawnFailed, "could not be started"),
+        ] {
+            assert_eq!(exit.to_string(), text);
+        }
+        assert_eq!(Exit::from_code(77), Exit::UnknownCode(77));
+        assert!(Exit::UnknownCode(77).is_failure());
+        assert!(!Exit::Vmm(VmmExit::Reboot).is_failure());
+    }
+
+    #[test]
     fn first_start_and_promotion_to_running() {
         let t0 = Instant::now();
         let mut sup = Supervisor::new(RestartPolicy::Always);
@@ -343,13 +360,13 @@ mod tests {
         let mut sup = Supervisor::new(RestartPolicy::Always);
         sup.spawned(7, t0);
         assert_eq!(
-            sup.exited(Exit::Code(1), t0 + secs(1)),
+            sup.exited(Exit::from_code(1), t0 + secs(1)),
             Verdict::RestartAfter(secs(1))
         );
         assert!(!sup.has_run(), "a vmm that died starting never ran");
         sup.spawned(8, t0 + secs(2));
         assert!(sup.output_seen());
-        sup.exited(Exit::Code(1), t0 + secs(3));
+        sup.exited(Exit::from_code(1), t0 + secs(3));
         assert!(sup.has_run());
     }
 
@@ -362,7 +379,7 @@ mod tests {
         // Clean power-offs never count as a crash loop, so the backoff
         // can be watched all the way to its cap.
         for _ in 0..9 {
-            match run_once(&mut sup, t, secs(1), Exit::Code(0)) {
+            match run_once(&mut sup, t, secs(1), Exit::from_code(0)) {
                 Verdict::RestartAfter(d) => {
                     delays.push(d.as_secs());
                     t += secs(1) + d;
@@ -380,7 +397,7 @@ mod tests {
         let mut sup = Supervisor::new(RestartPolicy::Always);
         sup.spawned(1, t0);
         assert_eq!(
-            sup.exited(Exit::Code(4), t0 + secs(5)),
+            sup.exited(Exit::from_code(4), t0 + secs(5)),
             Verdict::RestartAfter(secs(1))
         );
         assert_eq!(sup.state().name(), "backing off");
@@ -395,17 +412,17 @@ mod tests {
         let mut sup = Supervisor::new(RestartPolicy::Always);
         sup.spawned(1, t0);
         assert_eq!(
-            sup.exited(Exit::Code(1), t0 + secs(1)),
+            sup.exited(Exit::from_code(1), t0 + secs(1)),
             Verdict::RestartAfter(secs(1))
         );
         sup.spawned(2, t0 + secs(2));
         assert_eq!(
-            sup.exited(Exit::Code(1), t0 + secs(3)),
+            sup.exited(Exit::from_code(1), t0 + secs(3)),
             Verdict::RestartAfter(secs(2))
         );
         sup.spawned(3, t0 + secs(5));
         assert_eq!(
-            sup.exited(Exit::Code(1), t0 + secs(5) + STABLE_RUN),
+            sup.exited(Exit::from_code(1), t0 + secs(5) + STABLE_RUN),
             Verdict::RestartAfter(secs(1))
         );
     }
@@ -416,7 +433,7 @@ mod tests {
         let mut sup = Supervisor::new(RestartPolicy::Always);
         sup.request_start(t);
         for i in 0..4 {
-            let v = run_once(&mut sup, t, Duration::from_millis(500), Exit::Code(1));
+            let v = run_once(&mut sup, t, Duration::from_millis(500), Exit::from_code(1));
             assert!(matches!(v, Verdict::RestartAfter(_)), "failure {i}: {v:?}");
             if let State::BackingOff { until } = sup.state() {
                 t = until;
@@ -438,7 +455,7 @@ mod tests {
         let mut sup = Supervisor::new(RestartPolicy::OnFailure);
         sup.request_start(t);
         for _ in 0..8 {
-            let v = run_once(&mut sup, t, secs(20), Exit::Code(4));
+            let v = run_once(&mut sup, t, secs(20), Exit::from_code(4));
             assert!(matches!(v, Verdict::RestartAfter(_)), "{v:?}");
             if let State::BackingOff { until } = sup.state() {
                 t = until;
@@ -450,12 +467,24 @@ mod tests {
     fn on_failure_policy() {
         let t0 = Instant::now();
         for (exit, verdict, state) in [
-            (Exit::Code(0), Verdict::Stay, "stopped"),
-            (Exit::Code(5), Verdict::Stay, "stopped"),
-            (Exit::Code(3), Verdict::RestartAfter(secs(1)), "backing off"),
-            (Exit::Code(1), Verdict::RestartAfter(secs(1)), "backing off"),
-            (Exit::Code(2), Verdict::Invalid, "failed"),
-            (Exit::Code(4), Verdict::RestartAfter(secs(1)), "backing off"),
+            (Exit::from_code(0), Verdict::Stay, "stopped"),
+            (Exit::from_code(5), Verdict::Stay, "stopped"),
+            (
+                Exit::from_code(3),
+                Verdict::RestartAfter(secs(1)),
+                "backing off",
+            ),
+            (
+                Exit::from_code(1),
+                Verdict::RestartAfter(secs(1)),
+                "backing off",
+            ),
+            (Exit::from_code(2), Verdict::Invalid, "failed"),
+            (
+                Exit::from_code(4),
+                Verdict::RestartAfter(secs(1)),
+                "backing off",
+            ),
             (
                 Exit::Signal(9),
                 Verdict::RestartAfter(secs(1)),
@@ -479,7 +508,10 @@ mod tests {
         let t0 = Instant::now();
         let mut sup = Supervisor::new(RestartPolicy::Always);
         sup.spawned(1, t0);
-        assert_eq!(sup.exited(Exit::Code(2), t0 + secs(1)), Verdict::Invalid);
+        assert_eq!(
+            sup.exited(Exit::from_code(2), t0 + secs(1)),
+            Verdict::Invalid
+        );
         assert_eq!(sup.state(), State::Failed);
         assert_eq!(sup.poll(t0 + secs(3600)), Action::None);
         assert_eq!(sup.restarts(), 0);
@@ -489,9 +521,9 @@ mod tests {
     fn never_policy() {
         let t0 = Instant::now();
         for (exit, state) in [
-            (Exit::Code(0), State::Stopped),
-            (Exit::Code(3), State::Stopped),
-            (Exit::Code(4), State::Failed),
+            (Exit::from_code(0), State::Stopped),
+            (Exit::from_code(3), State::Stopped),
+            (Exit::from_code(4), State::Failed),
         ] {
             let mut sup = Supervisor::new(RestartPolicy::Never);
             sup.spawned(1, t0);
@@ -509,7 +541,7 @@ mod tests {
         assert_eq!(running.begin_shutdown(), Some(9));
         assert_eq!(running.state(), State::Stopping { pid: 9 });
         assert_eq!(
-            running.exited(Exit::Code(1), t0 + secs(1)),
+            running.exited(Exit::from_code(1), t0 + secs(1)),
             Verdict::ShuttingDown
         );
         assert_eq!(running.state(), State::Stopped);
