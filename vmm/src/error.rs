@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::exit::EXIT_USAGE;
+use hvcontract::VmmExit;
 
 #[derive(Debug)]
 pub struct Fatal {
@@ -14,7 +14,7 @@ impl Fatal {
     /// Bad usage, invalid definition, unusable kernel/initrd: exit 2.
     pub fn invalid(message: impl Into<String>) -> Self {
         Fatal {
-            code: EXIT_USAGE,
+            code: VmmExit::Invalid.code(),
             message: message.into(),
         }
     }

@@ -13,6 +13,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use hvcontract::VmmExit;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
@@ -21,7 +22,7 @@ use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::legacy::{SerialDevice, I8042};
 use crate::devices::virtio::WorkerGate;
 use crate::error::Fatal;
-use crate::exit::{ExitHandle, ExitReason};
+use crate::exit::ExitHandle;
 use crate::seccomp::{self, ThreadKind};
 use crate::signals::SignalFd;
 use crate::terminal::RawTerminal;
@@ -82,7 +83,7 @@ struct Controls {
 }
 
 /// Runs the VM to completion; returns why it stopped.
-pub fn run(vmm: Vmm, signals: &SignalFd, opts: &RunOptions) -> Result<ExitReason, Fatal> {
+pub fn run(vmm: Vmm, signals: &SignalFd, opts: &RunOptions) -> Result<VmmExit, Fatal> {
     register_signal_handler(kick_signal(), on_kick)
         .map_err(|e| Fatal::vmm(format!("cannot install vCPU kick handler: {e}")))?;
     if opts.seccomp {
@@ -149,7 +150,7 @@ pub fn run(vmm: Vmm, signals: &SignalFd, opts: &RunOptions) -> Result<ExitReason
         opts.shutdown_timeout,
     );
     if result.is_err() {
-        controls.exit.request(ExitReason::Error);
+        controls.exit.request(VmmExit::Error);
     }
     threads.stop();
     drop(terminal);
@@ -206,18 +207,18 @@ fn main_loop(
     signals: &SignalFd,
     terminal: Option<&RawTerminal>,
     timeout: Duration,
-) -> Result<ExitReason, Fatal> {
+) -> Result<VmmExit, Fatal> {
     let mut deadline: Option<Instant> = None;
     let mut repeat_at: Option<Instant> = None;
     let mut events = [EpollEvent::default(); 4];
     loop {
         if let Some(reason) = c.exit.reason() {
             return Ok(match (reason, deadline) {
-                (ExitReason::Reboot, Some(_)) => {
+                (VmmExit::Reboot, Some(_)) => {
                     log::info!(
                         "guest restarted after the shutdown request; treating it as powered off"
                     );
-                    ExitReason::PowerOff
+                    VmmExit::PoweredOff
                 }
                 _ => reason,
             });
@@ -243,7 +244,7 @@ fn main_loop(
                 "guest did not shut down within {} s; stopping it",
                 timeout.as_secs()
             );
-            return Ok(ExitReason::HostStop);
+            return Ok(VmmExit::StoppedByHost);
         }
         if repeat_at.is_some_and(|at| Instant::now() >= at) {
             log::debug!("guest still running: repeating the shutdown request");
@@ -264,7 +265,7 @@ fn main_loop(
                     {
                         if deadline.is_some() {
                             log::warn!("signal {sig} again: stopping the guest hard");
-                            return Ok(ExitReason::HostStop);
+                            return Ok(VmmExit::StoppedByHost);
                         }
                         log::info!("signal {sig}: asking the guest to shut down");
                         request_shutdown(c);

@@ -1,9 +1,9 @@
-//! `vmm`: runs one Linux guest under KVM. See `cli::USAGE` for the command
-//! line and `exit` for what the exit code means.
+//! `vmm`: runs one Linux guest under KVM. The command line is
+//! `hvcontract::launch` (see its `USAGE`), the exit code
+//! `hvcontract::VmmExit`.
 
 mod arch;
 mod builder;
-mod cli;
 mod devices;
 mod error;
 mod exit;
@@ -20,7 +20,9 @@ mod vstate;
 use std::path::Path;
 use std::time::Instant;
 
-use cli::{Mode, RunArgs, Source};
+use hvcontract::launch::{self, Launch, LaunchSource};
+use hvcontract::{Command, VmmExit};
+
 use error::Fatal;
 use lifecycle::RunOptions;
 use signals::SignalFd;
@@ -28,26 +30,25 @@ use spec::VmSpec;
 
 fn main() {
     let started = Instant::now();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let verbose = args.iter().any(|a| a == "-v" || a == "--verbose");
-    logger::init(verbose);
-    let code = match cli::parse(args) {
-        Ok(Mode::Help) => {
-            println!("{}", cli::USAGE);
+    let command = launch::parse(std::env::args().skip(1));
+    logger::init(matches!(&command, Ok(Command::Run(l)) if l.verbose));
+    let code = match command {
+        Ok(Command::Help) => {
+            println!("{}", launch::USAGE);
             0
         }
-        Ok(Mode::Version) => {
+        Ok(Command::Version) => {
             println!("vmm {}", env!("CARGO_PKG_VERSION"));
             0
         }
-        Ok(Mode::Check(files)) => check(&files),
-        Ok(Mode::Run(args)) => run(&args, started).unwrap_or_else(|e| {
+        Ok(Command::Check(files)) => check(&files),
+        Ok(Command::Run(launch)) => run(&launch, started).unwrap_or_else(|e| {
             log::error!("{e}");
             e.code
         }),
         Err(e) => {
-            log::error!("{e}\n{}", cli::USAGE);
-            exit::EXIT_USAGE
+            log::error!("{e}\n{}", launch::USAGE);
+            VmmExit::Invalid.code()
         }
     };
     std::process::exit(code);
@@ -62,7 +63,7 @@ fn check(files: &[std::path::PathBuf]) -> i32 {
             Ok(()) => println!("{}: ok", file.display()),
             Err(e) => {
                 log::error!("{e}");
-                code = exit::EXIT_USAGE;
+                code = VmmExit::Invalid.code();
             }
         }
     }
@@ -76,13 +77,13 @@ fn check_one(file: &Path) -> Result<(), Fatal> {
     Ok(())
 }
 
-fn run(args: &RunArgs, started: Instant) -> Result<i32, Fatal> {
+fn run(args: &Launch, started: Instant) -> Result<i32, Fatal> {
     // Before any thread exists, so every thread inherits the mask.
     let signals = SignalFd::block(signals::SHUTDOWN_SIGNALS)
         .map_err(|e| Fatal::vmm(format!("cannot set up signal handling: {e}")))?;
     let spec = match &args.source {
-        Source::Definition(path) => VmSpec::from_definition(path, false)?,
-        Source::AdHoc {
+        LaunchSource::Definition(path) => VmSpec::from_definition(path, false)?,
+        LaunchSource::AdHoc {
             kernel,
             initrd,
             cmdline,

@@ -7,6 +7,8 @@
 
 use std::io;
 
+use hvcontract::launch::Ids;
+
 use crate::error::Fatal;
 
 /// Capability numbers are below 64 for as far as the kernel ABI goes
@@ -18,14 +20,14 @@ fn os_fatal(what: &str) -> Fatal {
     Fatal::vmm(format!("cannot {what}: {}", io::Error::last_os_error()))
 }
 
-/// Switches to `ids` (uid, gid) if given, then sets no_new_privs, which
+/// Switches to `ids` if given, then sets no_new_privs, which
 /// every thread created later inherits and seccomp needs.
 ///
 /// setuid and friends change every thread of the process (libc
 /// broadcasts them), but there is only one thread at this point anyway:
 /// virtio workers and vCPUs are created after this.
-pub fn drop_to(ids: Option<(u32, u32)>) -> Result<(), Fatal> {
-    if let Some((uid, gid)) = ids {
+pub fn drop_to(ids: Option<Ids>) -> Result<(), Fatal> {
+    if let Some(Ids { uid, gid }) = ids {
         // SAFETY: geteuid cannot fail.
         let root = unsafe { libc::geteuid() } == 0;
         if root && uid != 0 {

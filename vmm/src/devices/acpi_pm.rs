@@ -5,10 +5,12 @@
 
 use std::sync::Arc;
 
+use hvcontract::VmmExit;
+
 use crate::arch::x86_64::acpi::S5_SLP_TYP;
 use crate::devices::bus::BusDevice;
 use crate::devices::irq::LevelIrq;
-use crate::exit::{ExitHandle, ExitReason};
+use crate::exit::ExitHandle;
 
 /// Offsets within the 6-byte block: PM1a_STS, PM1a_EN (event block, 4
 /// bytes) followed by PM1a_CNT.
@@ -70,7 +72,7 @@ impl AcpiPm {
 
     fn sleep(&mut self, typ: u16) {
         if typ == S5_SLP_TYP {
-            self.exit.request(ExitReason::PowerOff);
+            self.exit.request(VmmExit::PoweredOff);
         } else {
             log::warn!("acpi: guest asked for unsupported sleep type {typ}; ignored");
         }
@@ -151,7 +153,7 @@ mod tests {
             CNT as u64,
             &((S5_SLP_TYP << SLP_TYP_SHIFT) | SLP_EN).to_le_bytes(),
         );
-        assert_eq!(exit.reason(), Some(ExitReason::PowerOff));
+        assert_eq!(exit.reason(), Some(VmmExit::PoweredOff));
         assert_eq!(read16(&mut dev, CNT as u64) & SLP_EN, 0);
     }
 
