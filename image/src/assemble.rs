@@ -9,8 +9,8 @@ use crate::cli::BuildArgs;
 use crate::disk::{
     self, Partition, BASIC_DATA_TYPE, BOOT_CODE_SIZE, ESP_TYPE, LEGACY_BIOS_BOOTABLE,
 };
-use crate::epoch::{self, FatClock};
-use crate::fat::{self, FatFile, VolumeSpec};
+use crate::epoch;
+use crate::fat::{self, FatClock, FatFile, VolumeSpec};
 use crate::ids::Ids;
 use crate::initramfs;
 use crate::inputs::{self, Kind};

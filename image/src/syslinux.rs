@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use fatfs::{FileSystem, FsOptions};
 
-use crate::epoch::FatClock;
-use crate::fat_times;
+use crate::fat::FatClock;
+use crate::fat::times;
 
 /// Where syslinux looks for its configuration and keeps its files.
 pub const DIRECTORY: &str = "syslinux";
@@ -82,7 +82,7 @@ pub fn install(
         ));
     }
     *volume = installed;
-    fat_times::restamp(volume, clock)?;
+    times::restamp(volume, clock)?;
     measure(volume).map_err(|e| format!("after installing syslinux: {e}"))
 }
 
@@ -137,7 +137,7 @@ mod tests {
     use super::*;
     use crate::budget::MIB;
     use crate::epoch::DEFAULT_EPOCH;
-    use crate::fat::{build, FatFile, VolumeSpec};
+    use crate::fat::{build, FatClock, FatFile, VolumeSpec};
 
     const INSTALLER: &str = "/usr/bin/syslinux";
 

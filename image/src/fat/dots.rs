@@ -5,11 +5,11 @@
 //! moves `.` and `..` into slots 0 and 1 and marks the two slots they leave
 //! behind as deleted, which keeps every other entry where it was.
 
-use crate::fat_dirs::{self, ATTR_LONG_NAME, ATTR_OFFSET, DELETED, DOT, DOTDOT, SLOT};
+use super::dirs::{self, ATTR_LONG_NAME, ATTR_OFFSET, DELETED, DOT, DOTDOT, SLOT};
 
 /// Fixes every directory below the root (the root has no dot entries).
 pub fn repair(volume: &mut [u8]) -> Result<(), String> {
-    for range in fat_dirs::directories(volume)?.into_iter().skip(1) {
+    for range in dirs::directories(volume)?.into_iter().skip(1) {
         fix_dots(&mut volume[range]);
     }
     Ok(())
@@ -32,9 +32,9 @@ fn fix_dots(dir: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::epoch::{FatClock, DEFAULT_EPOCH};
-    use crate::fat::{build, FatFile, VolumeSpec};
-    use crate::fat_dirs::Geometry;
+    use crate::epoch::DEFAULT_EPOCH;
+    use crate::fat::{build, FatClock, FatFile, VolumeSpec};
+    use crate::fat::dirs::Geometry;
 
     #[test]
     fn every_directory_starts_with_dot_and_dotdot() {
@@ -60,7 +60,7 @@ mod tests {
         };
         let volume = build(&files, &spec, FatClock::leak(DEFAULT_EPOCH)).unwrap();
         let geometry = Geometry::read(&volume.bytes).unwrap();
-        let dirs = fat_dirs::directories(&volume.bytes).unwrap();
+        let dirs = dirs::directories(&volume.bytes).unwrap();
         assert_eq!(dirs.len(), 5, "root, a, a/b, a/b/c, d");
         for range in &dirs[1..] {
             let dir = &volume.bytes[range.clone()];

@@ -1,5 +1,5 @@
-//! Finds every directory of a FAT12/16 volume built by `fat` so that the
-//! raw-entry fixes (`fat_dots`, `fat_times`) can work on the bytes directly.
+//! Finds every directory of a FAT12/16 volume built by `fat::build` so that the
+//! raw-entry fixes (`dots`, `times`) can work on the bytes directly.
 
 use std::ops::Range;
 

@@ -4,12 +4,12 @@
 //! and converts it with the local time zone; restamping makes the volume
 //! independent of both, and of the mtools version.
 
-use crate::epoch::FatClock;
-use crate::fat_dirs::{self, ATTR_OFFSET, ATTR_VOLUME_ID, DELETED, SLOT};
+use super::clock::FatClock;
+use super::dirs::{self, ATTR_OFFSET, ATTR_VOLUME_ID, DELETED, SLOT};
 
 pub fn restamp(volume: &mut [u8], clock: &FatClock) -> Result<(), String> {
     let stamp = clock.encoded();
-    for range in fat_dirs::directories(volume)? {
+    for range in dirs::directories(volume)? {
         for slot in volume[range]
             .chunks_exact_mut(SLOT)
             .take_while(|slot| slot[0] != 0)

@@ -1,12 +1,22 @@
 //! FAT volumes built in memory: the EFI system partition and the HVCONFIG
 //! partition.
+//!
+//! fatfs formats the volume and writes the files; the submodules then work
+//! on the raw bytes: [`dirs`] finds every directory, [`dots`] repairs the
+//! `.`/`..` entries fatfs 0.3 gets wrong, [`times`] restamps entries written
+//! by other tools, and [`clock`] is the build time as FAT stores it.
+
+mod clock;
+mod dirs;
+mod dots;
+pub(crate) mod times;
 
 use std::io::{Cursor, Write};
 
 use fatfs::{FileSystem, FormatVolumeOptions, FsOptions};
 
 use crate::budget::MIB;
-use crate::epoch::FatClock;
+pub use clock::FatClock;
 
 /// A file to place on the volume; directories are created as needed.
 pub struct FatFile<'a> {
@@ -33,7 +43,7 @@ pub struct Volume {
 
 /// A volume never grows past this while searching for a size that fits; the
 /// image budget is far below it, so hitting it means something is wrong.
-/// It also keeps fatfs choosing FAT12/16, which `fat_dots` relies on.
+/// It also keeps fatfs choosing FAT12/16, which `dots` relies on.
 const MAX_SIZE: u64 = 256 * MIB;
 
 /// Formats a FAT volume holding `files` and sized in whole MiB: the smallest
@@ -101,7 +111,7 @@ fn try_build(
     // Unmounting writes back the FS info and clears the dirty flag.
     fs.unmount().map_err(|e| failed("unmount", e))?;
     let mut bytes = disk.into_inner();
-    crate::fat_dots::repair(&mut bytes).map_err(Fit::Failed)?;
+    dots::repair(&mut bytes).map_err(Fit::Failed)?;
     Ok(Volume {
         bytes,
         used: size - free,
