@@ -14,20 +14,21 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::boot_medium::{BootMedium, MOUNTINFO, SYS_DIR};
-use crate::boot_report::{self, BootReport, GuestProgress};
-use crate::cmdline::{ConfigSource, Options};
-use crate::discovery::{self, ConfigMount, Loaded, CONFIG_DIR, DEV_DIR, SYS_BLOCK};
-use crate::fetch::MIRROR_DIR;
+use crate::boot::boot_medium::{BootMedium, MOUNTINFO, SYS_DIR};
+use crate::boot::boot_report::{self, BootReport, GuestProgress};
+use crate::boot::cmdline::{ConfigSource, Options};
+use crate::boot::power::PowerAction;
+use crate::boot::signals::{self, SignalEvent};
+use crate::boot::watchdog::Watchdog;
+use crate::boot::{logger, power_button};
+use crate::config_source::fetch::MIRROR_DIR;
+use crate::config_source::fetch_thread::Pending;
+use crate::config_source::partition::{self, ConfigMount, Loaded, CONFIG_DIR, DEV_DIR, SYS_BLOCK};
+use crate::config_source::probe::{DeviceCache, DeviceSpec};
+use crate::guests::supervisor::{Action, Exit, Verdict, CRASH_LOOP_FAILURES, CRASH_LOOP_WINDOW};
 use crate::guests::{ConsoleOut, Guest, StartContext, MAX_GUESTS};
-use crate::net::{self, Netlink};
-use crate::power::PowerAction;
-use crate::probe::{DeviceCache, DeviceSpec};
-use crate::remote_config::Pending;
-use crate::signals::{self, SignalEvent};
-use crate::supervisor::{Action, Exit, Verdict, CRASH_LOOP_FAILURES, CRASH_LOOP_WINDOW};
-use crate::watchdog::Watchdog;
-use crate::{cgroup, data_mounts, logger, power_button};
+use crate::host::net::{self, Netlink};
+use crate::host::{cgroup, data_mounts};
 
 /// How long boot waits quietly for a slow USB/SD config device before
 /// saying it is missing.
@@ -367,8 +368,8 @@ impl Init {
             return;
         }
         let waited = now.saturating_duration_since(*since);
-        let found = discovery::find_device(spec).map(|dev| {
-            discovery::mount_config(&dev, Path::new(CONFIG_DIR)).map_err(|e| {
+        let found = partition::find_device(spec).map(|dev| {
+            partition::mount_config(&dev, Path::new(CONFIG_DIR)).map_err(|e| {
                 format!(
                     "config partition {} ({spec}): mount: {e}",
                     dev.node.display()
@@ -388,7 +389,7 @@ impl Init {
                 );
                 let dir = mount.dir.clone();
                 self.config = ConfigState::Mounted(mount);
-                let loaded = discovery::load(&dir);
+                let loaded = partition::load(&dir);
                 if !loaded.host_toml_found {
                     log::info!("config: no host.toml, using defaults");
                 }

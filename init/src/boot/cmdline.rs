@@ -1,6 +1,6 @@
 //! Options init takes from the kernel command line.
 
-use crate::probe::DeviceSpec;
+use crate::config_source::probe::DeviceSpec;
 
 /// Label of the config partition when the command line names none.
 pub const DEFAULT_CONFIG_LABEL: &str = "HVCONFIG";

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use hvconfig::host::{Mount, MountSource};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use crate::boot_medium::BootMedium;
-use crate::probe::{self, BlockDevice, DeviceSpec};
+use crate::boot::boot_medium::BootMedium;
+use crate::config_source::probe::{self, BlockDevice, DeviceSpec};
 
 pub fn spec_of(source: &MountSource) -> DeviceSpec {
     match source {
@@ -116,7 +116,7 @@ mod tests {
         let err =
             mount_one(&m, &spec_of(&m.source), &[], &BootMedium::default()).expect_err("none");
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
-        let Some(lo) = crate::boot_medium::tests::LoopDevice::new() else {
+        let Some(lo) = crate::boot::boot_medium::tests::LoopDevice::new() else {
             eprintln!("skipped: needs root and losetup");
             return;
         };

@@ -4,7 +4,7 @@
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-use crate::power::PowerAction;
+use crate::boot::power::PowerAction;
 
 /// What a delivered signal means to init.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

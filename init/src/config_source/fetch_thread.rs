@@ -12,8 +12,8 @@ use std::thread::{self, JoinHandle};
 
 use hvconfig::{ConfigError, HostConfig};
 
-use crate::discovery::Loaded;
-use crate::fetch::{self, Backoff, Remote};
+use crate::config_source::fetch::{self, Backoff, Remote};
+use crate::config_source::partition::Loaded;
 
 /// A fetch in progress.
 pub struct Pending {
@@ -91,7 +91,7 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_server::{Reply, Site};
+    use crate::config_source::test_server::{Reply, Site};
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
     fn wait_readable(pending: &Pending) -> bool {

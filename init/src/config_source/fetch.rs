@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use hvconfig::{ConfigError, GuestConfig, HostConfig};
 
-use crate::discovery::Loaded;
-use crate::http::{self, Timeouts};
-use crate::ipconfig;
-use crate::url::{self, HttpUrl, Mirror, MAC_PLACEHOLDER};
+use crate::config_source::http::{self, Timeouts};
+use crate::config_source::partition::Loaded;
+use crate::config_source::url::{self, HttpUrl, Mirror, MAC_PLACEHOLDER};
+use crate::host::ipconfig;
 
 /// Root of the copy in RAM (/run is a tmpfs): `http://SERVER/a/b` is
 /// stored as `MIRROR_DIR/a/b`.
@@ -294,7 +294,7 @@ fn fetch_file(remote: &Remote, url: &HttpUrl) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_server::{Reply, Site};
+    use crate::config_source::test_server::{Reply, Site};
     use std::net::TcpListener;
 
     const FAST: Backoff = Backoff {

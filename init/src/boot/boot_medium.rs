@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use libc::dev_t;
 
-use crate::probe::BlockDevice;
+use crate::config_source::probe::BlockDevice;
 
 pub const SYS_DIR: &str = "/sys";
 pub const MOUNTINFO: &str = "/proc/self/mountinfo";
@@ -112,7 +112,7 @@ impl BootMedium {
 #[cfg(test)]
 pub mod tests {
     use super::*;
-    use crate::probe::{FsInfo, FsType};
+    use crate::config_source::probe::{FsInfo, FsType};
     use std::process::Command;
 
     /// A fake /sys: disk sda (8:0) with partitions sda1 (8:1, HVBOOT)

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use hvconfig::{ConfigError, GuestConfig, HostConfig};
 use nix::mount::{mount, MsFlags};
 
-use crate::probe::{self, BlockDevice, DeviceSpec};
+use crate::config_source::probe::{self, BlockDevice, DeviceSpec};
 
 /// Where the config partition is mounted (read-only).
 pub const CONFIG_DIR: &str = "/mnt/config";

@@ -1,5 +1,9 @@
 //! The guest table: each guest's definition, supervisor, taps, console
-//! pipes and log, and how its vmm is started.
+//! pipes and log, and how its vmm is started: jailed ([`jail`]) and
+//! restarted by policy ([`supervisor`]).
+
+pub mod jail;
+pub mod supervisor;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -13,13 +17,13 @@ use hvconfig::GuestConfig;
 use hvcontract::launch::Ids;
 use hvcontract::Launch;
 
-use crate::boot_medium::BootMedium;
-use crate::cgroup;
-use crate::console::{ConsoleLog, LineSplitter, CONSOLE_LOG_CAP};
-use crate::jail::{self, Bind, JailSpec};
-use crate::net::{self, Netlink};
-use crate::probe::{DeviceCache, DeviceSpec};
-use crate::supervisor::{State, Supervisor};
+use self::jail::{Bind, JailSpec};
+use self::supervisor::{State, Supervisor};
+use crate::boot::boot_medium::BootMedium;
+use crate::boot::console::{ConsoleLog, LineSplitter, CONSOLE_LOG_CAP};
+use crate::config_source::probe::{DeviceCache, DeviceSpec};
+use crate::host::cgroup;
+use crate::host::net::{self, Netlink};
 
 /// Fixed capacity of the guest table: bounded memory for PID 1.
 pub const MAX_GUESTS: usize = 64;
@@ -440,7 +444,7 @@ impl ConsoleOut {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::boot_medium::tests::LoopDevice;
+    use crate::boot::boot_medium::tests::LoopDevice;
 
     fn guest_with_disk(path: &Path, read_only: bool) -> Guest {
         let text =
