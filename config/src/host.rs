@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 
+use crate::device::{Context, DeviceSource};
 use crate::error::{ConfigError, Source};
 use crate::fields::{parse_document, Fields, Str};
 use crate::guest::GuestConfig;
@@ -126,34 +127,12 @@ impl FromStr for IpCidr {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mount {
-    pub source: MountSource,
+    /// `LABEL=`, `PARTLABEL=`, `UUID=` or a `/dev/...` path.
+    pub source: DeviceSource,
     /// Absolute and normalised (no trailing '/', no '.' or '..').
     pub target: PathBuf,
     /// None: let init detect the file system.
     pub fstype: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MountSource {
-    /// `LABEL=x`: file system label.
-    Label(String),
-    /// `PARTLABEL=x`: GPT partition name.
-    PartLabel(String),
-    /// `UUID=x`: file system UUID.
-    Uuid(String),
-    /// An absolute path under /dev.
-    Device(PathBuf),
-}
-
-impl fmt::Display for MountSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            MountSource::Label(l) => write!(f, "LABEL={l}"),
-            MountSource::PartLabel(l) => write!(f, "PARTLABEL={l}"),
-            MountSource::Uuid(u) => write!(f, "UUID={u}"),
-            MountSource::Device(p) => write!(f, "{}", p.display()),
-        }
-    }
 }
 
 impl HostConfig {
@@ -391,7 +370,8 @@ fn mounts(root: &Fields<'_, '_, '_>) -> Result<Vec<Mount>, ConfigError> {
         let s = f
             .string("source")?
             .ok_or_else(|| f.missing("source", "LABEL=x, PARTLABEL=x, UUID=x or /dev/..."))?;
-        let source = mount_source(&s).map_err(|m| src.error_at(s.span.clone(), m))?;
+        let source = DeviceSource::parse(s.value, Context::Mount)
+            .map_err(|e| src.error_at(s.span.clone(), e.to_string()))?;
         let t = f
             .string("target")?
             .ok_or_else(|| f.missing("target", "the absolute directory to mount on"))?;
@@ -426,35 +406,6 @@ fn mounts(root: &Fields<'_, '_, '_>) -> Result<Vec<Mount>, ConfigError> {
         });
     }
     Ok(mounts)
-}
-
-fn mount_source(s: &Str<'_>) -> Result<MountSource, String> {
-    let v = s.value;
-    type Make = fn(String) -> MountSource;
-    let tagged: [(&str, Make); 3] = [
-        ("LABEL=", MountSource::Label),
-        ("PARTLABEL=", MountSource::PartLabel),
-        ("UUID=", MountSource::Uuid),
-    ];
-    for (prefix, make) in tagged {
-        if let Some(rest) = v.strip_prefix(prefix) {
-            if rest.is_empty() || rest.contains('\0') {
-                return Err(format!("source '{v}' needs a value after '='"));
-            }
-            return Ok(make(rest.to_string()));
-        }
-    }
-    let path = Path::new(v);
-    let clean = path
-        .components()
-        .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
-    if v.starts_with("/dev/") && v.len() > 5 && clean && !v.contains('\0') {
-        Ok(MountSource::Device(path.components().collect()))
-    } else {
-        Err(format!(
-            "source '{v}' is not a device (allowed: LABEL=x, PARTLABEL=x, UUID=x or an absolute /dev/... path)"
-        ))
-    }
 }
 
 fn mount_target(v: &str) -> Result<PathBuf, String> {

@@ -6,6 +6,7 @@
 //! [`ConfigError`] naming the file, line and column, and what is allowed.
 //! The formats are documented in this crate's README.md.
 
+pub mod device;
 mod error;
 mod fields;
 pub mod guest;
@@ -17,6 +18,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::Path;
 
+pub use device::DeviceSource;
 pub use error::{ConfigError, Position};
 pub use guest::GuestConfig;
 pub use host::HostConfig;

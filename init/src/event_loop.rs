@@ -24,11 +24,12 @@ use crate::boot::{logger, power_button};
 use crate::config_source::fetch::MIRROR_DIR;
 use crate::config_source::fetch_thread::Pending;
 use crate::config_source::partition::{self, ConfigMount, Loaded, CONFIG_DIR, DEV_DIR, SYS_BLOCK};
-use crate::config_source::probe::{DeviceCache, DeviceSpec};
+use crate::config_source::probe::DeviceCache;
 use crate::guests::supervisor::{Action, Exit, Verdict, CRASH_LOOP_FAILURES, CRASH_LOOP_WINDOW};
 use crate::guests::{ConsoleOut, Guest, StartContext, MAX_GUESTS};
 use crate::host::net::{self, Netlink};
 use crate::host::{cgroup, data_mounts};
+use hvconfig::DeviceSource;
 
 /// How long boot waits quietly for a slow USB/SD config device before
 /// saying it is missing.
@@ -52,7 +53,7 @@ fn guest_token(index: usize, stderr: bool) -> u64 {
 
 enum ConfigState {
     Searching {
-        spec: DeviceSpec,
+        spec: DeviceSource,
         since: Instant,
         next: Instant,
         reported: bool,

@@ -1,6 +1,6 @@
 //! Options init takes from the kernel command line.
 
-use crate::config_source::probe::DeviceSpec;
+use hvconfig::device::{Context, DeviceSource};
 
 /// Label of the config partition when the command line names none.
 pub const DEFAULT_CONFIG_LABEL: &str = "HVCONFIG";
@@ -8,7 +8,7 @@ pub const DEFAULT_CONFIG_LABEL: &str = "HVCONFIG";
 /// Where the configuration comes from (`hv.config=`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConfigSource {
-    Device(DeviceSpec),
+    Device(DeviceSource),
     /// Fetched over HTTP (see `fetch`); kept as written, since `${mac}`
     /// can only be replaced once the network is known.
     Url(String),
@@ -26,7 +26,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            config: ConfigSource::Device(DeviceSpec::Label(DEFAULT_CONFIG_LABEL.into())),
+            config: ConfigSource::Device(DeviceSource::Label(DEFAULT_CONFIG_LABEL.into())),
             debug: false,
             warnings: Vec::new(),
         }
@@ -75,7 +75,7 @@ pub fn parse(cmdline: &str) -> Options {
             ("hv.config", Some(v)) => {
                 if v.starts_with("http://") || v.starts_with("https://") {
                     opts.config = ConfigSource::Url(v.to_string());
-                } else if let Some(spec) = DeviceSpec::parse(v) {
+                } else if let Ok(spec) = DeviceSource::parse(v, Context::KernelCmdline) {
                     opts.config = ConfigSource::Device(spec);
                 } else {
                     opts.warnings.push(format!(
@@ -100,7 +100,7 @@ mod tests {
         let opts = parse("console=ttyS0 panic=10");
         assert_eq!(
             opts.config,
-            ConfigSource::Device(DeviceSpec::Label("HVCONFIG".into()))
+            ConfigSource::Device(DeviceSource::Label("HVCONFIG".into()))
         );
         assert!(!opts.debug);
         assert!(opts.warnings.is_empty());
@@ -110,15 +110,15 @@ mod tests {
     fn config_overrides() {
         assert_eq!(
             parse("quiet hv.config=LABEL=OTHER").config,
-            ConfigSource::Device(DeviceSpec::Label("OTHER".into()))
+            ConfigSource::Device(DeviceSource::Label("OTHER".into()))
         );
         assert_eq!(
             parse("hv.config=/dev/sdb1 hv.debug").config,
-            ConfigSource::Device(DeviceSpec::Path("/dev/sdb1".into()))
+            ConfigSource::Device(DeviceSource::Path("/dev/sdb1".into()))
         );
         assert_eq!(
             parse("hv.config=\"LABEL=MY STICK\"").config,
-            ConfigSource::Device(DeviceSpec::Label("MY STICK".into()))
+            ConfigSource::Device(DeviceSource::Label("MY STICK".into()))
         );
         assert_eq!(
             parse("hv.config=http://10.0.0.1/hv/").config,

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use hvconfig::{ConfigError, GuestConfig, HostConfig};
 use nix::mount::{mount, MsFlags};
 
-use crate::config_source::probe::{self, BlockDevice, DeviceSpec};
+use hvconfig::DeviceSource;
+
+use crate::config_source::probe::{self, BlockDevice};
 
 /// Where the config partition is mounted (read-only).
 pub const CONFIG_DIR: &str = "/mnt/config";
@@ -22,14 +24,14 @@ pub struct ConfigMount {
 }
 
 /// Looks for the device `spec` names among the present block devices.
-pub fn find_device(spec: &DeviceSpec) -> Option<BlockDevice> {
+pub fn find_device(spec: &DeviceSource) -> Option<BlockDevice> {
     let devices = probe::scan(Path::new(SYS_BLOCK), Path::new(DEV_DIR));
     if let Some(dev) = probe::find(spec, &devices) {
         return Some(dev.clone());
     }
     // A path that is not a /sys/class/block node name (a by-id link, or
     // a device not listed yet) is probed directly.
-    if let DeviceSpec::Path(path) = spec {
+    if let DeviceSource::Path(path) = spec {
         let file = fs::File::open(path).ok()?;
         let fs = probe::probe_fs(&file).ok().flatten();
         return Some(BlockDevice {

@@ -10,6 +10,8 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use hvconfig::DeviceSource;
+
 /// File systems init can identify and mount.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FsType {
@@ -49,54 +51,6 @@ pub struct FsInfo {
     pub uuid: Option<String>,
 }
 
-/// How a configuration names a block device.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DeviceSpec {
-    Label(String),
-    PartLabel(String),
-    Uuid(String),
-    Path(PathBuf),
-}
-
-impl DeviceSpec {
-    /// Parses `LABEL=x`, `PARTLABEL=x`, `UUID=x` or an absolute path.
-    pub fn parse(text: &str) -> Option<DeviceSpec> {
-        if let Some(label) = text.strip_prefix("LABEL=") {
-            return (!label.is_empty()).then(|| DeviceSpec::Label(label.to_string()));
-        }
-        if let Some(label) = text.strip_prefix("PARTLABEL=") {
-            return (!label.is_empty()).then(|| DeviceSpec::PartLabel(label.to_string()));
-        }
-        if let Some(uuid) = text.strip_prefix("UUID=") {
-            return (!uuid.is_empty()).then(|| DeviceSpec::Uuid(uuid.to_string()));
-        }
-        text.starts_with('/')
-            .then(|| DeviceSpec::Path(PathBuf::from(text)))
-    }
-
-    pub fn matches(&self, dev: &BlockDevice) -> bool {
-        let fs_label = dev.fs.as_ref().and_then(|fs| fs.label.as_deref());
-        let fs_uuid = dev.fs.as_ref().and_then(|fs| fs.uuid.as_deref());
-        match self {
-            DeviceSpec::Label(label) => fs_label == Some(label.as_str()),
-            DeviceSpec::PartLabel(label) => dev.part_label.as_deref() == Some(label.as_str()),
-            DeviceSpec::Uuid(uuid) => fs_uuid.is_some_and(|u| u.eq_ignore_ascii_case(uuid)),
-            DeviceSpec::Path(path) => dev.node == *path,
-        }
-    }
-}
-
-impl fmt::Display for DeviceSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DeviceSpec::Label(l) => write!(f, "LABEL={l}"),
-            DeviceSpec::PartLabel(l) => write!(f, "PARTLABEL={l}"),
-            DeviceSpec::Uuid(u) => write!(f, "UUID={u}"),
-            DeviceSpec::Path(p) => write!(f, "{}", p.display()),
-        }
-    }
-}
-
 /// One entry of /sys/class/block with what was found on it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockDevice {
@@ -108,6 +62,21 @@ pub struct BlockDevice {
     pub disk: Option<String>,
     pub part_label: Option<String>,
     pub fs: Option<FsInfo>,
+}
+
+impl BlockDevice {
+    /// Whether `source` names this device. UUIDs compare without regard to
+    /// case: FAT serials are upper case, ext UUIDs lower.
+    pub fn is_named_by(&self, source: &DeviceSource) -> bool {
+        let fs_label = self.fs.as_ref().and_then(|fs| fs.label.as_deref());
+        let fs_uuid = self.fs.as_ref().and_then(|fs| fs.uuid.as_deref());
+        match source {
+            DeviceSource::Label(label) => fs_label == Some(label.as_str()),
+            DeviceSource::PartLabel(label) => self.part_label.as_deref() == Some(label.as_str()),
+            DeviceSource::Uuid(uuid) => fs_uuid.is_some_and(|u| u.eq_ignore_ascii_case(uuid)),
+            DeviceSource::Path(path) => self.node == *path,
+        }
+    }
 }
 
 /// Enough of the start of a device for every superblock probed here
@@ -415,8 +384,8 @@ pub fn scan(sys_block: &Path, dev_dir: &Path) -> Vec<BlockDevice> {
 }
 
 /// Finds the device `spec` names among `devices`.
-pub fn find<'a>(spec: &DeviceSpec, devices: &'a [BlockDevice]) -> Option<&'a BlockDevice> {
-    devices.iter().find(|d| spec.matches(d))
+pub fn find<'a>(spec: &DeviceSource, devices: &'a [BlockDevice]) -> Option<&'a BlockDevice> {
+    devices.iter().find(|d| d.is_named_by(spec))
 }
 
 /// One scan of the block devices, made when first needed and reused:
@@ -444,7 +413,7 @@ impl DeviceCache {
 
     /// Finds `spec`; on a miss scans once more, for a disk plugged in
     /// since (guest restarts back off, so this stays rare).
-    pub fn find(&mut self, spec: &DeviceSpec) -> Option<BlockDevice> {
+    pub fn find(&mut self, spec: &DeviceSource) -> Option<BlockDevice> {
         if let Some(dev) = find(spec, self.devices()) {
             return Some(dev.clone());
         }
@@ -456,6 +425,7 @@ impl DeviceCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hvconfig::device::Context;
     use std::process::Command;
 
     fn image(size_mib: u64) -> (tempfile::TempDir, PathBuf) {
@@ -555,22 +525,7 @@ mod tests {
     }
 
     #[test]
-    fn device_specs() {
-        assert_eq!(
-            DeviceSpec::parse("LABEL=HVCONFIG"),
-            Some(DeviceSpec::Label("HVCONFIG".into()))
-        );
-        assert_eq!(
-            DeviceSpec::parse("PARTLABEL=data"),
-            Some(DeviceSpec::PartLabel("data".into()))
-        );
-        assert_eq!(
-            DeviceSpec::parse("/dev/sdb1"),
-            Some(DeviceSpec::Path("/dev/sdb1".into()))
-        );
-        assert_eq!(DeviceSpec::parse("LABEL="), None);
-        assert_eq!(DeviceSpec::parse("sdb1"), None);
-
+    fn devices_are_found_by_every_kind_of_name() {
         let dev = BlockDevice {
             name: "sdb1".into(),
             node: "/dev/sdb1".into(),
@@ -589,10 +544,10 @@ mod tests {
             "UUID=1234-abcd",
             "/dev/sdb1",
         ] {
-            let spec = DeviceSpec::parse(spec).expect("valid spec");
+            let spec = DeviceSource::parse(spec, Context::KernelCmdline).expect("valid spec");
             assert!(find(&spec, &devices).is_some(), "{spec}");
         }
-        let other = DeviceSpec::parse("LABEL=hvconfig").expect("valid spec");
+        let other = DeviceSource::Label("hvconfig".into());
         assert!(
             find(&other, &devices).is_none(),
             "labels are case sensitive"
@@ -655,13 +610,13 @@ mod tests {
             Some("HVCONFIG")
         );
         assert_eq!(devices.first().and_then(|d| d.fs.as_ref()), None);
-        let found = find(&DeviceSpec::Label("HVCONFIG".into()), &devices).expect("found");
+        let found = find(&DeviceSource::Label("HVCONFIG".into()), &devices).expect("found");
         assert_eq!(found.node, img);
 
         // The cache scans once, and again only for a device it lacks.
         let mut cache = DeviceCache::new(&sys, &dev);
         assert_eq!(cache.devices().len(), 2);
-        let late = DeviceSpec::PartLabel("late".into());
+        let late = DeviceSource::PartLabel("late".into());
         assert!(cache.find(&late).is_none());
         let late_dir = disk_dir.join("sdb2");
         fs::create_dir_all(&late_dir).expect("mkdir");

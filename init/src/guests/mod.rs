@@ -21,7 +21,7 @@ use self::jail::{Bind, JailSpec};
 use self::supervisor::{State, Supervisor};
 use crate::boot::boot_medium::BootMedium;
 use crate::boot::console::{ConsoleLog, LineSplitter, CONSOLE_LOG_CAP};
-use crate::config_source::probe::{DeviceCache, DeviceSpec};
+use crate::config_source::probe::DeviceCache;
 use crate::host::cgroup;
 use crate::host::net::{self, Netlink};
 
@@ -191,8 +191,7 @@ impl Guest {
         let path: PathBuf = match &disk.path {
             // Opened as written: what it names is checked by device number.
             DiskSource::Path(p) => p.clone(),
-            DiskSource::Label(l) => self.find_disk(DeviceSpec::Label(l.clone()), ctx)?,
-            DiskSource::PartLabel(l) => self.find_disk(DeviceSpec::PartLabel(l.clone()), ctx)?,
+            named => self.find_disk(named, ctx)?,
         };
         let on_boot_medium = |meta: &fs::Metadata| {
             let refused = !disk.read_only && ctx.boot_medium.holds_node(meta);
@@ -238,8 +237,8 @@ impl Guest {
         Ok(file)
     }
 
-    fn find_disk(&self, spec: DeviceSpec, ctx: &mut StartContext) -> io::Result<PathBuf> {
-        match ctx.devices.find(&spec) {
+    fn find_disk(&self, spec: &DiskSource, ctx: &mut StartContext) -> io::Result<PathBuf> {
+        match ctx.devices.find(spec) {
             Some(dev) => Ok(dev.node),
             None => Err(io::Error::new(
                 io::ErrorKind::NotFound,

@@ -5,28 +5,20 @@ use std::fs;
 use std::io;
 use std::path::PathBuf;
 
-use hvconfig::host::{Mount, MountSource};
+use hvconfig::host::Mount;
+use hvconfig::DeviceSource;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use crate::boot::boot_medium::BootMedium;
-use crate::config_source::probe::{self, BlockDevice, DeviceSpec};
-
-pub fn spec_of(source: &MountSource) -> DeviceSpec {
-    match source {
-        MountSource::Label(l) => DeviceSpec::Label(l.clone()),
-        MountSource::PartLabel(l) => DeviceSpec::PartLabel(l.clone()),
-        MountSource::Uuid(u) => DeviceSpec::Uuid(u.clone()),
-        MountSource::Device(p) => DeviceSpec::Path(p.clone()),
-    }
-}
+use crate::config_source::probe::{self, BlockDevice};
 
 /// Mounts every entry whose device is present and returns the mount
 /// points made, in order. Nothing on `boot` is mounted writable.
 pub fn mount_all(mounts: &[Mount], devices: &[BlockDevice], boot: &BootMedium) -> Vec<PathBuf> {
     let mut done = Vec::new();
     for m in mounts {
-        let spec = spec_of(&m.source);
-        match mount_one(m, &spec, devices, boot) {
+        let spec = &m.source;
+        match mount_one(m, devices, boot) {
             Ok(fstype) => {
                 log::info!("mounted {spec} on {} ({fstype})", m.target.display());
                 done.push(m.target.clone());
@@ -37,13 +29,8 @@ pub fn mount_all(mounts: &[Mount], devices: &[BlockDevice], boot: &BootMedium) -
     done
 }
 
-fn mount_one(
-    m: &Mount,
-    spec: &DeviceSpec,
-    devices: &[BlockDevice],
-    boot: &BootMedium,
-) -> io::Result<String> {
-    let dev = probe::find(spec, devices)
+fn mount_one(m: &Mount, devices: &[BlockDevice], boot: &BootMedium) -> io::Result<String> {
+    let dev = probe::find(&m.source, devices)
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such device"))?;
     if boot.holds_node(&fs::metadata(&dev.node)?) {
         return Err(io::Error::new(
@@ -95,26 +82,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sources_map_to_device_specs() {
-        assert_eq!(
-            spec_of(&MountSource::Label("vmdata".into())),
-            DeviceSpec::Label("vmdata".into())
-        );
-        assert_eq!(
-            spec_of(&MountSource::Device("/dev/sdb2".into())),
-            DeviceSpec::Path("/dev/sdb2".into())
-        );
-    }
-
-    #[test]
     fn the_boot_medium_is_never_mounted_writable() {
         let m = Mount {
-            source: MountSource::Label("nothere".into()),
+            source: DeviceSource::Label("nothere".into()),
             target: "/data".into(),
             fstype: Some("ext4".into()),
         };
-        let err =
-            mount_one(&m, &spec_of(&m.source), &[], &BootMedium::default()).expect_err("none");
+        let err = mount_one(&m, &[], &BootMedium::default()).expect_err("none");
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
         let Some(lo) = crate::boot::boot_medium::tests::LoopDevice::new() else {
             eprintln!("skipped: needs root and losetup");
@@ -129,11 +103,10 @@ mod tests {
             fs: None,
         }];
         let m = Mount {
-            source: MountSource::Device(lo.node.clone()),
+            source: DeviceSource::Path(lo.node.clone()),
             ..m
         };
-        let err = mount_one(&m, &spec_of(&m.source), &devices, &lo.as_boot_medium())
-            .expect_err("refused");
+        let err = mount_one(&m, &devices, &lo.as_boot_medium()).expect_err("refused");
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
         assert!(err.to_string().contains("is on the boot medium"), "{err}");
     }
