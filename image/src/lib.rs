@@ -22,18 +22,39 @@ mod syslinux;
 
 use std::ffi::OsString;
 
+use cli::USAGE;
+
+/// What went wrong with an `hv-image` command.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unknown command {0:?}\n\n{USAGE}")]
+    UnknownCommand(String),
+    #[error("{USAGE}")]
+    NoCommand,
+    #[error(transparent)]
+    Cli(#[from] cli::CliError),
+    #[error(transparent)]
+    Build(#[from] assemble::BuildError),
+    #[error(transparent)]
+    Kconfig(#[from] kconfig::KconfigError),
+}
+
 /// Runs one `hv-image` command line (without the program name).
-pub fn run(args: &[OsString]) -> Result<(), String> {
+pub fn run(args: &[OsString]) -> Result<(), Error> {
     let command = args.first().and_then(|a| a.to_str());
     let rest = args.get(1..).unwrap_or_default();
     match command {
-        Some("build") => cli::parse_build(rest).and_then(|a| assemble::build(&a).map(drop)),
-        Some("kconfig-check") => kconfig::run_cli(rest),
-        Some("-h" | "--help" | "help") => {
-            println!("{}", cli::USAGE);
+        Some("build") => {
+            let args = cli::parse_build(rest)?;
+            assemble::build(&args)?;
             Ok(())
         }
-        Some(other) => Err(format!("unknown command {other:?}\n\n{}", cli::USAGE)),
-        None => Err(cli::USAGE.to_string()),
+        Some("kconfig-check") => Ok(kconfig::run_cli(rest)?),
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(Error::UnknownCommand(other.into())),
+        None => Err(Error::NoCommand),
     }
 }

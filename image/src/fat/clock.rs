@@ -6,7 +6,7 @@ use fatfs::{Date, DateTime, Time, TimeProvider};
 
 /// Converts Unix seconds to a UTC civil date and time
 /// (year, month, day, hour, minute, second).
-pub fn civil(epoch: u64) -> (u64, u64, u64, u64, u64, u64) {
+pub fn civil(epoch: u32) -> (u16, u16, u16, u16, u16, u16) {
     let days = epoch / 86_400;
     let secs = epoch % 86_400;
     // Howard Hinnant's days_from_civil inverse, restricted to dates after 1970.
@@ -18,8 +18,20 @@ pub fn civil(epoch: u64) -> (u64, u64, u64, u64, u64, u64) {
     let mp = (5 * doy + 2) / 153;
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day, secs / 3600, secs % 3600 / 60, secs % 60)
+    let year = yoe + era * 400 + u32::from(month <= 2);
+    (
+        narrow(year),
+        narrow(month),
+        narrow(day),
+        narrow(secs / 3600),
+        narrow(secs % 3600 / 60),
+        narrow(secs % 60),
+    )
+}
+
+/// Every field of [`civil`] fits 16 bits: a 32-bit epoch ends in 2106.
+fn narrow(value: u32) -> u16 {
+    u16::try_from(value).unwrap_or(u16::MAX)
 }
 
 /// Feeds the build timestamp to fatfs for every directory entry it creates.
@@ -32,7 +44,7 @@ pub struct FatClock {
 
 impl FatClock {
     /// FAT dates cover 1980..=2107; earlier epochs are clamped to the start.
-    pub fn new(epoch: u64) -> Self {
+    pub fn new(epoch: u32) -> Self {
         let (year, month, day, hour, min, sec) = civil(epoch);
         let now = if year < 1980 {
             DateTime {
@@ -50,15 +62,11 @@ impl FatClock {
             }
         } else {
             DateTime {
-                date: Date {
-                    year: year as u16,
-                    month: month as u16,
-                    day: day as u16,
-                },
+                date: Date { year, month, day },
                 time: Time {
-                    hour: hour as u16,
-                    min: min as u16,
-                    sec: sec as u16,
+                    hour,
+                    min,
+                    sec,
                     millis: 0,
                 },
             }
@@ -68,7 +76,7 @@ impl FatClock {
 
     /// fatfs 0.3 only accepts a `&'static` time provider; one small clock per
     /// distinct epoch is leaked, which is bounded by the number of builds.
-    pub fn leak(epoch: u64) -> &'static FatClock {
+    pub fn leak(epoch: u32) -> &'static FatClock {
         Box::leak(Box::new(FatClock::new(epoch)))
     }
 }
@@ -88,10 +96,12 @@ impl FatClock {
     /// The same encoding fatfs uses when it stamps an entry.
     pub fn encoded(&self) -> FatStamp {
         let (date, time) = (self.now.date, self.now.time);
+        let hundredths = (time.sec % 2) * 100 + time.millis / 10;
         FatStamp {
             date: ((date.year - 1980) << 9) | (date.month << 5) | date.day,
             time: (time.hour << 11) | (time.min << 5) | (time.sec / 2),
-            hundredths: ((time.sec % 2) * 100 + time.millis / 10) as u8,
+            // At most 199: an odd second plus 990 ms.
+            hundredths: u8::try_from(hundredths).unwrap_or(199),
         }
     }
 }

@@ -12,6 +12,21 @@ pub const DELETED: u8 = 0xe5;
 pub const DOT: &[u8; 11] = b".          ";
 pub const DOTDOT: &[u8; 11] = b"..         ";
 
+/// Why the directories of a volume could not be found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DirError {
+    #[error("volume shorter than a boot sector")]
+    Short,
+    #[error("FAT32 volumes are not supported here")]
+    Fat32,
+    #[error("root directory is outside the volume")]
+    RootOutside,
+    #[error("directory cluster {0} is outside the volume")]
+    ClusterOutside(usize),
+    #[error("directory at cluster {0} spans clusters")]
+    SpansClusters(usize),
+}
+
 /// Where things are in a FAT12/16 volume, from its boot sector.
 pub struct Geometry {
     root_dir: usize,
@@ -21,21 +36,28 @@ pub struct Geometry {
 }
 
 impl Geometry {
-    pub fn read(volume: &[u8]) -> Result<Self, String> {
-        let u16_at = |at: usize| -> Result<usize, String> {
+    pub fn read(volume: &[u8]) -> Result<Self, DirError> {
+        let u8_at = |at: usize| {
+            volume
+                .get(at)
+                .copied()
+                .map(usize::from)
+                .ok_or(DirError::Short)
+        };
+        let u16_at = |at: usize| {
             volume
                 .get(at..at + 2)
-                .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
-                .ok_or_else(|| "volume shorter than a boot sector".to_string())
+                .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
+                .ok_or(DirError::Short)
         };
         let bytes_per_sector = u16_at(11)?;
-        let sectors_per_cluster = usize::from(volume[13]);
+        let sectors_per_cluster = u8_at(13)?;
         let reserved = u16_at(14)?;
-        let fats = usize::from(volume[16]);
+        let fats = u8_at(16)?;
         let root_entries = u16_at(17)?;
         let sectors_per_fat = u16_at(22)?;
         if sectors_per_fat == 0 || root_entries == 0 {
-            return Err("FAT32 volumes are not supported here".into());
+            return Err(DirError::Fat32);
         }
         let root_dir = (reserved + fats * sectors_per_fat) * bytes_per_sector;
         let root_bytes = (root_entries * SLOT).div_ceil(bytes_per_sector) * bytes_per_sector;
@@ -60,22 +82,18 @@ impl Geometry {
 /// Byte ranges of every directory: the root first, then each subdirectory.
 /// Subdirectories are expected to fit in their first cluster (ours hold a
 /// handful of entries); a larger one is reported rather than half-handled.
-pub fn directories(volume: &[u8]) -> Result<Vec<Range<usize>>, String> {
+pub fn directories(volume: &[u8]) -> Result<Vec<Range<usize>>, DirError> {
     let geometry = Geometry::read(volume)?;
     let root = geometry.root();
-    let mut pending = subdirectories(
-        volume
-            .get(root.clone())
-            .ok_or("root directory is outside the volume")?,
-    );
+    let mut pending = subdirectories(volume.get(root.clone()).ok_or(DirError::RootOutside)?);
     let mut found = vec![root];
     while let Some(cluster) = pending.pop() {
         let range = geometry.cluster(cluster);
         let dir = volume
             .get(range.clone())
-            .ok_or_else(|| format!("directory cluster {cluster} is outside the volume"))?;
+            .ok_or(DirError::ClusterOutside(cluster))?;
         if dir[dir.len() - SLOT] != 0 {
-            return Err(format!("directory at cluster {cluster} spans clusters"));
+            return Err(DirError::SpansClusters(cluster));
         }
         pending.extend(subdirectories(dir));
         found.push(range);

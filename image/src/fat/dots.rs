@@ -5,10 +5,10 @@
 //! moves `.` and `..` into slots 0 and 1 and marks the two slots they leave
 //! behind as deleted, which keeps every other entry where it was.
 
-use super::dirs::{self, ATTR_LONG_NAME, ATTR_OFFSET, DELETED, DOT, DOTDOT, SLOT};
+use super::dirs::{self, DirError, ATTR_LONG_NAME, ATTR_OFFSET, DELETED, DOT, DOTDOT, SLOT};
 
 /// Fixes every directory below the root (the root has no dot entries).
-pub fn repair(volume: &mut [u8]) -> Result<(), String> {
+pub fn repair(volume: &mut [u8]) -> Result<(), DirError> {
     for range in dirs::directories(volume)?.into_iter().skip(1) {
         fix_dots(&mut volume[range]);
     }
@@ -33,8 +33,8 @@ fn fix_dots(dir: &mut [u8]) {
 mod tests {
     use super::*;
     use crate::epoch::DEFAULT_EPOCH;
-    use crate::fat::{build, FatClock, FatFile, VolumeSpec};
     use crate::fat::dirs::Geometry;
+    use crate::fat::{build, FatClock, FatFile, VolumeSpec};
 
     #[test]
     fn every_directory_starts_with_dot_and_dotdot() {

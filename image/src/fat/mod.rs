@@ -11,12 +11,45 @@ mod dirs;
 mod dots;
 pub(crate) mod times;
 
-use std::io::{Cursor, Write};
+use std::io::{self, Cursor, Read, Write};
 
 use fatfs::{FileSystem, FormatVolumeOptions, FsOptions};
 
 use crate::budget::MIB;
 pub use clock::FatClock;
+pub use dirs::DirError;
+
+/// Why a volume could not be built or read.
+#[derive(Debug, thiserror::Error)]
+pub enum FatError {
+    #[error("invalid FAT volume label {0:?}")]
+    InvalidLabel(String),
+    #[error("volume {label}: {content} bytes of files do not fit in {max_mib} MiB")]
+    DoesNotFit {
+        label: String,
+        content: u64,
+        max_mib: u64,
+    },
+    #[error("volume {label}: {what}: {error}")]
+    Io {
+        label: String,
+        what: String,
+        #[source]
+        error: io::Error,
+    },
+    #[error("volume {label}: {error}")]
+    Dirs {
+        label: String,
+        #[source]
+        error: DirError,
+    },
+    #[error("{path}: {error}")]
+    Read {
+        path: String,
+        #[source]
+        error: io::Error,
+    },
+}
 
 /// A file to place on the volume; directories are created as needed.
 pub struct FatFile<'a> {
@@ -55,7 +88,7 @@ pub fn build(
     files: &[FatFile<'_>],
     spec: &VolumeSpec<'_>,
     clock: &'static FatClock,
-) -> Result<Volume, String> {
+) -> Result<Volume, FatError> {
     let label = label_bytes(spec.label)?;
     let mut sorted: Vec<&FatFile<'_>> = files.iter().collect();
     sorted.sort_by(|a, b| a.path.split('/').cmp(b.path.split('/')));
@@ -69,20 +102,20 @@ pub fn build(
             }
             Ok(_) | Err(Fit::TooSmall) if size < MAX_SIZE => size += MIB,
             Ok(_) | Err(Fit::TooSmall) => {
-                return Err(format!(
-                    "volume {}: {content} bytes of files do not fit in {} MiB",
-                    spec.label,
-                    MAX_SIZE / MIB
-                ))
+                return Err(FatError::DoesNotFit {
+                    label: spec.label.into(),
+                    content,
+                    max_mib: MAX_SIZE / MIB,
+                })
             }
-            Err(Fit::Failed(e)) => return Err(format!("volume {}: {e}", spec.label)),
+            Err(Fit::Failed(e)) => return Err(e),
         }
     }
 }
 
 enum Fit {
     TooSmall,
-    Failed(String),
+    Failed(FatError),
 }
 
 fn try_build(
@@ -92,8 +125,16 @@ fn try_build(
     label: [u8; 11],
     clock: &'static FatClock,
 ) -> Result<Volume, Fit> {
-    let failed = |what: &str, e: std::io::Error| Fit::Failed(format!("{what}: {e}"));
-    let mut disk = Cursor::new(vec![0u8; size as usize]);
+    let failed = |what: &str, error: io::Error| {
+        Fit::Failed(FatError::Io {
+            label: spec.label.into(),
+            what: what.into(),
+            error,
+        })
+    };
+    // At most MAX_SIZE.
+    let len = usize::try_from(size).map_err(|_| Fit::TooSmall)?;
+    let mut disk = Cursor::new(vec![0u8; len]);
     fatfs::format_volume(
         &mut disk,
         FormatVolumeOptions::new()
@@ -105,23 +146,38 @@ fn try_build(
 
     let fs = FileSystem::new(&mut disk, FsOptions::new().time_provider(clock))
         .map_err(|e| failed("mount", e))?;
-    write_files(&fs, files)?;
+    write_files(&fs, files).map_err(|e| match e {
+        Failure::TooSmall => Fit::TooSmall,
+        Failure::Io(what, error) => failed(&what, error),
+    })?;
     let stats = fs.stats().map_err(|e| failed("stats", e))?;
     let free = u64::from(stats.free_clusters()) * u64::from(stats.cluster_size());
     // Unmounting writes back the FS info and clears the dirty flag.
     fs.unmount().map_err(|e| failed("unmount", e))?;
     let mut bytes = disk.into_inner();
-    dots::repair(&mut bytes).map_err(Fit::Failed)?;
+    dots::repair(&mut bytes).map_err(|error| {
+        Fit::Failed(FatError::Dirs {
+            label: spec.label.into(),
+            error,
+        })
+    })?;
     Ok(Volume {
         bytes,
         used: size - free,
     })
 }
 
+/// A file that could not be written: the volume is full, or an I/O error
+/// during the named step.
+enum Failure {
+    TooSmall,
+    Io(String, io::Error),
+}
+
 fn write_files<T: fatfs::ReadWriteSeek>(
     fs: &FileSystem<T>,
     files: &[&FatFile<'_>],
-) -> Result<(), Fit> {
+) -> Result<(), Failure> {
     let root = fs.root_dir();
     for file in files {
         let (parents, name) = match file.path.rsplit_once('/') {
@@ -147,22 +203,21 @@ fn write_files<T: fatfs::ReadWriteSeek>(
 
 /// fatfs reports a full volume as an I/O error; anything else is a real
 /// failure that growing the volume would not fix.
-fn too_small_or(e: std::io::Error, what: &str) -> Fit {
-    let text = e.to_string();
-    if text.contains("No space") || e.kind() == std::io::ErrorKind::UnexpectedEof {
-        Fit::TooSmall
+fn too_small_or(e: io::Error, what: &str) -> Failure {
+    if e.to_string().contains("No space") || e.kind() == io::ErrorKind::UnexpectedEof {
+        Failure::TooSmall
     } else {
-        Fit::Failed(format!("{what}: {text}"))
+        Failure::Io(what.into(), e)
     }
 }
 
-fn label_bytes(label: &str) -> Result<[u8; 11], String> {
+fn label_bytes(label: &str) -> Result<[u8; 11], FatError> {
     if label.len() > 11
         || !label
             .bytes()
             .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
     {
-        return Err(format!("invalid FAT volume label {label:?}"));
+        return Err(FatError::InvalidLabel(label.into()));
     }
     let mut bytes = [b' '; 11];
     bytes[..label.len()].copy_from_slice(label.as_bytes());
@@ -173,10 +228,26 @@ pub fn round_up_mib(bytes: u64) -> u64 {
     bytes.div_ceil(MIB).max(1) * MIB
 }
 
+/// The contents of the file at `path` (from the root, `/`-separated) of the
+/// FAT volume `volume`.
+pub fn read_file(volume: &[u8], path: &str) -> Result<Vec<u8>, FatError> {
+    let fail = |error| FatError::Read {
+        path: path.into(),
+        error,
+    };
+    // fatfs wants a writable volume even to read one.
+    let fs = FileSystem::new(Cursor::new(volume.to_vec()), FsOptions::new()).map_err(fail)?;
+    let mut data = Vec::new();
+    fs.root_dir()
+        .open_file(path)
+        .and_then(|mut file| file.read_to_end(&mut data))
+        .map_err(fail)?;
+    Ok(data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
 
     fn clock() -> &'static FatClock {
         FatClock::leak(crate::epoch::DEFAULT_EPOCH)
@@ -189,17 +260,6 @@ mod tests {
             min_size,
             slack,
         }
-    }
-
-    fn read(volume: &[u8], path: &str) -> Vec<u8> {
-        let fs = FileSystem::new(Cursor::new(volume.to_vec()), FsOptions::new()).unwrap();
-        let mut data = Vec::new();
-        fs.root_dir()
-            .open_file(path)
-            .unwrap()
-            .read_to_end(&mut data)
-            .unwrap();
-        data
     }
 
     #[test]
@@ -221,9 +281,12 @@ mod tests {
         ];
         let volume = build(&files, &spec(2 * MIB, 0), clock()).unwrap();
         assert_eq!(volume.bytes.len() as u64, 2 * MIB);
-        assert_eq!(read(&volume.bytes, "README.txt"), b"hello");
-        assert_eq!(read(&volume.bytes, "example/bzImage"), big);
-        assert_eq!(read(&volume.bytes, "guests/example.toml"), b"[machine]\n");
+        assert_eq!(read_file(&volume.bytes, "README.txt").unwrap(), b"hello");
+        assert_eq!(read_file(&volume.bytes, "example/bzImage").unwrap(), big);
+        assert_eq!(
+            read_file(&volume.bytes, "guests/example.toml").unwrap(),
+            b"[machine]\n"
+        );
         assert!(
             volume.used > 300_000 && volume.used < MIB,
             "used {}",
@@ -254,7 +317,7 @@ mod tests {
         assert_eq!(size % MIB, 0);
         assert!(size - volume.used >= MIB, "slack kept");
         assert!(size <= 6 * MIB, "no needless growth: {size}");
-        assert_eq!(read(&volume.bytes, "vmlinuz"), big);
+        assert_eq!(read_file(&volume.bytes, "vmlinuz").unwrap(), big);
     }
 
     #[test]
@@ -266,6 +329,13 @@ mod tests {
         let a = build(&files, &spec(MIB, 0), clock()).unwrap();
         let b = build(&files, &spec(MIB, 0), clock()).unwrap();
         assert!(a.bytes == b.bytes);
+    }
+
+    #[test]
+    fn reading_a_missing_file_names_it() {
+        let volume = build(&[], &spec(MIB, 0), clock()).unwrap();
+        let err = read_file(&volume.bytes, "no/such.txt").unwrap_err();
+        assert!(err.to_string().starts_with("no/such.txt: "), "{err}");
     }
 
     #[test]

@@ -5,9 +5,9 @@
 //! independent of both, and of the mtools version.
 
 use super::clock::FatClock;
-use super::dirs::{self, ATTR_OFFSET, ATTR_VOLUME_ID, DELETED, SLOT};
+use super::dirs::{self, DirError, ATTR_OFFSET, ATTR_VOLUME_ID, DELETED, SLOT};
 
-pub fn restamp(volume: &mut [u8], clock: &FatClock) -> Result<(), String> {
+pub fn restamp(volume: &mut [u8], clock: &FatClock) -> Result<(), DirError> {
     let stamp = clock.encoded();
     for range in dirs::directories(volume)? {
         for slot in volume[range]
