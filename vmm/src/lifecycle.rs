@@ -21,11 +21,31 @@ use crate::builder::Vmm;
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::legacy::{SerialDevice, I8042};
 use crate::devices::virtio::WorkerGate;
-use crate::error::Fatal;
 use crate::exit::ExitHandle;
 use crate::seccomp::{self, ThreadKind};
 use crate::signals::SignalFd;
 use crate::terminal::RawTerminal;
+
+/// A failure while the VM runs: always the vmm's or the host's.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot install vCPU kick handler: {0}")]
+    KickHandler(vmm_sys_util::errno::Error),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::Error),
+    #[error("no seccomp filter for virtio device type {0}")]
+    NoWorkerFilter(u32),
+    #[error("{0}")]
+    Worker(String),
+    #[error("cannot start vCPU thread: {0}")]
+    VcpuThread(io::Error),
+    #[error("cannot install seccomp filter: {0}")]
+    ApplyFilter(seccompiler::Error),
+    #[error("epoll: {0}")]
+    Epoll(io::Error),
+    #[error("signalfd: {0}")]
+    SignalFd(io::Error),
+}
 
 pub struct RunOptions {
     pub seccomp: bool,
@@ -83,11 +103,10 @@ struct Controls {
 }
 
 /// Runs the VM to completion; returns why it stopped.
-pub fn run(vmm: Vmm, signals: &SignalFd, opts: &RunOptions) -> Result<VmmExit, Fatal> {
-    register_signal_handler(kick_signal(), on_kick)
-        .map_err(|e| Fatal::vmm(format!("cannot install vCPU kick handler: {e}")))?;
+pub fn run(vmm: Vmm, signals: &SignalFd, opts: &RunOptions) -> Result<VmmExit, Error> {
+    register_signal_handler(kick_signal(), on_kick).map_err(Error::KickHandler)?;
     if opts.seccomp {
-        seccomp::install_sigsys_handler().map_err(Fatal::vmm)?;
+        seccomp::install_sigsys_handler()?;
     }
     // Set up before the filters go on.
     let terminal = RawTerminal::stdin();
@@ -109,9 +128,7 @@ pub fn run(vmm: Vmm, signals: &SignalFd, opts: &RunOptions) -> Result<VmmExit, F
     let start = Arc::new(Barrier::new(vcpus.len() + 1));
     let stop = Arc::new(AtomicBool::new(false));
     let vcpu_filter = match opts.seccomp {
-        true => Some(Arc::new(
-            seccomp::filter(ThreadKind::Vcpu).map_err(Fatal::vmm)?,
-        )),
+        true => Some(Arc::new(seccomp::filter(ThreadKind::Vcpu)?)),
         false => None,
     };
     let mut handles = Vec::new();
@@ -121,7 +138,7 @@ pub fn run(vmm: Vmm, signals: &SignalFd, opts: &RunOptions) -> Result<VmmExit, F
         let handle = thread::Builder::new()
             .name(format!("vcpu{}", vcpu.id()))
             .spawn(move || vcpu.run(start, filter, stop, started))
-            .map_err(|e| Fatal::vmm(format!("cannot start vCPU thread: {e}")))?;
+            .map_err(Error::VcpuThread)?;
         handles.push(handle);
     }
     let threads = VcpuThreads { handles, stop };
@@ -137,9 +154,8 @@ pub fn run(vmm: Vmm, signals: &SignalFd, opts: &RunOptions) -> Result<VmmExit, F
     // the main thread.
     start.wait();
     if opts.seccomp {
-        let main = seccomp::filter(ThreadKind::Main).map_err(Fatal::vmm)?;
-        seccompiler::apply_filter(&main)
-            .map_err(|e| Fatal::vmm(format!("cannot install seccomp filter: {e}")))?;
+        let main = seccomp::filter(ThreadKind::Main)?;
+        seccompiler::apply_filter(&main).map_err(Error::ApplyFilter)?;
     }
 
     let result = main_loop(
@@ -158,21 +174,17 @@ pub fn run(vmm: Vmm, signals: &SignalFd, opts: &RunOptions) -> Result<VmmExit, F
 }
 
 /// Lets each virtio worker run, under the filter for its device kind.
-fn start_workers(workers: Vec<WorkerGate>, seccomp: bool) -> Result<(), Fatal> {
+fn start_workers(workers: Vec<WorkerGate>, seccomp: bool) -> Result<(), Error> {
     for gate in workers {
         let filter = match seccomp {
             true => {
-                let kind = ThreadKind::virtio_worker(gate.device_type()).ok_or_else(|| {
-                    Fatal::vmm(format!(
-                        "no seccomp filter for virtio device type {}",
-                        gate.device_type()
-                    ))
-                })?;
-                Some(seccomp::filter(kind).map_err(Fatal::vmm)?)
+                let kind = ThreadKind::virtio_worker(gate.device_type())
+                    .ok_or(Error::NoWorkerFilter(gate.device_type()))?;
+                Some(seccomp::filter(kind)?)
             }
             false => None,
         };
-        gate.open(filter).map_err(Fatal::vmm)?;
+        gate.open(filter).map_err(Error::Worker)?;
     }
     Ok(())
 }
@@ -182,8 +194,8 @@ fn event_set(
     c: &Controls,
     signals: &SignalFd,
     terminal: Option<&RawTerminal>,
-) -> Result<Epoll, Fatal> {
-    let epoll = Epoll::new().map_err(|e| Fatal::vmm(format!("epoll: {e}")))?;
+) -> Result<Epoll, Error> {
+    let epoll = Epoll::new().map_err(Error::Epoll)?;
     let add = |fd: i32, token: u64| {
         epoll
             .ctl(
@@ -191,7 +203,7 @@ fn event_set(
                 fd,
                 EpollEvent::new(EventSet::IN, token),
             )
-            .map_err(|e| Fatal::vmm(format!("epoll: {e}")))
+            .map_err(Error::Epoll)
     };
     add(c.exit.eventfd().as_raw_fd(), TOKEN_EXIT)?;
     add(signals.as_raw_fd(), TOKEN_SIGNAL)?;
@@ -207,7 +219,7 @@ fn main_loop(
     signals: &SignalFd,
     terminal: Option<&RawTerminal>,
     timeout: Duration,
-) -> Result<VmmExit, Fatal> {
+) -> Result<VmmExit, Error> {
     let mut deadline: Option<Instant> = None;
     let mut repeat_at: Option<Instant> = None;
     let mut events = [EpollEvent::default(); 4];
@@ -237,7 +249,7 @@ fn main_loop(
         let n = match epoll.wait(wait_ms, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Fatal::vmm(format!("epoll: {e}"))),
+            Err(e) => return Err(Error::Epoll(e)),
         };
         if n == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
             log::warn!(
@@ -259,10 +271,7 @@ fn main_loop(
                     let _ = c.exit.eventfd().read();
                 }
                 TOKEN_SIGNAL => {
-                    while let Some(sig) = signals
-                        .read()
-                        .map_err(|e| Fatal::vmm(format!("signalfd: {e}")))?
-                    {
+                    while let Some(sig) = signals.read().map_err(Error::SignalFd)? {
                         if deadline.is_some() {
                             log::warn!("signal {sig} again: stopping the guest hard");
                             return Ok(VmmExit::StoppedByHost);

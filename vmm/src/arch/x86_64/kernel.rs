@@ -3,7 +3,6 @@
 //! file is reported as such rather than as an obscure loader failure or a
 //! guest that never prints anything.
 
-use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 
@@ -23,23 +22,17 @@ const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
 /// Boot protocol 2.12 introduced `xloadflags` (and with it XLF_KERNEL_64).
 const MIN_BOOT_PROTOCOL: u16 = 0x020c;
 
-#[derive(Debug)]
+/// Why a kernel or initrd cannot be booted: always the image's fault.
+#[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("{0}")]
     Io(io::Error),
     /// The file is not a kernel we can boot; the text says why.
+    #[error("not a bzImage or ELF vmlinux: {0}")]
     Format(String),
     /// The kernel does not fit in guest memory.
+    #[error("{0}")]
     TooBig(String),
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        match self {
-            Error::Io(e) => write!(f, "{e}"),
-            Error::Format(why) => write!(f, "not a bzImage or ELF vmlinux: {why}"),
-            Error::TooBig(why) => write!(f, "{why}"),
-        }
-    }
 }
 
 fn format_err(why: impl Into<String>) -> Error {

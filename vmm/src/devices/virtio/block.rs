@@ -309,7 +309,7 @@ fn parse_header(header: &[u8; REQUEST_HEADER_LEN]) -> (u32, u64) {
 mod tests {
     use super::*;
     use crate::devices::bus::BusDevice;
-    use crate::devices::virtio::testing::{scratch_file, Driver, DATA};
+    use crate::devices::virtio::test_support::driver::{scratch_file, Driver, DATA};
     use virtio_bindings::virtio_mmio::VIRTIO_MMIO_CONFIG;
 
     const DISK: usize = 64 * 1024;

@@ -44,8 +44,10 @@ fn set_high(reg: &mut u64, v: u32) {
 
 enum Executor {
     Thread(WorkerThread),
-    /// Used by the fuzz target (vmm/fuzz) and the tests.
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// Only [`MmioTransport::new_inline`] makes one, which exists for the
+    /// tests and the fuzz driver: in the vmm itself the variant is never
+    /// built, and that is the point.
+    #[cfg_attr(not(any(test, feature = "fuzzing")), allow(dead_code))]
     Inline(Worker),
 }
 
@@ -99,7 +101,7 @@ impl MmioTransport {
 
     /// Like [`MmioTransport::new`], but queues are processed synchronously
     /// inside `write`, for the deterministic fuzz driver.
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn new_inline(
         mem: GuestMemoryMmap,
         device: Box<dyn VirtioDevice>,
@@ -474,7 +476,7 @@ mod tests {
     use virtio_bindings::virtio_mmio::*;
 
     use crate::devices::bus::BusDevice;
-    use crate::devices::virtio::testing::{Driver, DATA, MEM_SIZE, VERSION_1};
+    use crate::devices::virtio::test_support::driver::{Driver, DATA, MEM_SIZE, VERSION_1};
     use crate::devices::virtio::{Block, Rng};
 
     const NEEDS_RESET: u32 = VIRTIO_CONFIG_S_NEEDS_RESET;
@@ -679,7 +681,11 @@ mod tests {
     #[test]
     fn odd_register_accesses_are_harmless() {
         let mut d = Driver::new(Box::new(
-            Block::new(crate::devices::virtio::testing::scratch_file(4096), false).unwrap(),
+            Block::new(
+                crate::devices::virtio::test_support::driver::scratch_file(4096),
+                false,
+            )
+            .unwrap(),
         ));
         let mut byte = [0xffu8; 1];
         d.dev.read(u64::from(VIRTIO_MMIO_MAGIC_VALUE), &mut byte);

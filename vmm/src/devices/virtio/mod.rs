@@ -56,13 +56,8 @@ mod rng;
 mod tap;
 mod worker;
 
-/// Shared with the fuzz target, which includes this file directly.
-#[cfg(test)]
-pub(crate) mod fuzz_driver;
-#[cfg(test)]
-mod hostile_tests;
-#[cfg(test)]
-mod testing;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod test_support;
 
 use std::fmt;
 

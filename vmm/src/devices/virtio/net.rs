@@ -242,7 +242,7 @@ mod tests {
 
     use super::*;
     use crate::devices::bus::BusDevice;
-    use crate::devices::virtio::testing::{Driver, DATA};
+    use crate::devices::virtio::test_support::driver::{Driver, DATA};
     use virtio_bindings::virtio_mmio::VIRTIO_MMIO_CONFIG;
 
     const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];

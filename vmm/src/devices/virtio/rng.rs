@@ -119,7 +119,7 @@ fn getrandom(buf: &mut [u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::testing::{Driver, DATA};
+    use crate::devices::virtio::test_support::driver::{Driver, DATA};
 
     #[test]
     fn fills_guest_buffers() {

@@ -387,8 +387,8 @@ fn run_loop(
 mod tests {
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-    use super::super::testing::guest_memory;
     use super::super::{MmioTransport, Rng};
+    use crate::devices::virtio::test_support::driver::guest_memory;
 
     fn transport() -> MmioTransport {
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();

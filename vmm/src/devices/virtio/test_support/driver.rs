@@ -11,8 +11,8 @@ use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{MmioTransport, VirtioDevice};
 use crate::devices::bus::BusDevice;
+use crate::devices::virtio::{MmioTransport, VirtioDevice};
 
 pub const MEM_SIZE: usize = 0x20_0000;
 /// Rings of queue `q` live at `RINGS + q * RING_STRIDE`.

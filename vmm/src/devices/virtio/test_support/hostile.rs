@@ -8,8 +8,8 @@ use virtio_bindings::virtio_config::VIRTIO_CONFIG_S_NEEDS_RESET;
 use virtio_bindings::virtio_mmio::*;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
-use super::testing::{scratch_file, Driver, DATA};
-use super::{Block, Rng};
+use super::driver::{scratch_file, Driver, DATA};
+use crate::devices::virtio::{Block, Rng};
 
 const NEXT: u16 = VRING_DESC_F_NEXT as u16;
 const WRITE: u16 = VRING_DESC_F_WRITE as u16;

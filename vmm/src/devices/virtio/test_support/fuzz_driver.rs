@@ -1,8 +1,8 @@
 //! Turns arbitrary bytes into a guest driving a virtio-blk or virtio-rng
 //! device: register accesses, raw descriptor and ring writes, and
 //! notifications, all against a small guest memory. Shared by the cargo-fuzz
-//! target in vmm/fuzz (which includes this file by path) and a
-//! deterministic test.
+//! target in vmm/fuzz (through the `fuzzing` feature, as `vmm::fuzz_driver`)
+//! and a deterministic test.
 
 use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd};
