@@ -14,31 +14,25 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::boot::boot_medium::{BootMedium, MOUNTINFO, SYS_DIR};
 use crate::boot::boot_report::{self, BootReport, GuestProgress};
-use crate::boot::cmdline::{ConfigSource, Options};
+use crate::boot::cmdline::Options;
+use crate::boot::logger;
 use crate::boot::power::PowerAction;
+use crate::boot::power_button;
+use crate::boot::shutdown::{Progress, Running, Shutdown};
 use crate::boot::signals::{self, SignalEvent};
 use crate::boot::watchdog::Watchdog;
-use crate::boot::{logger, power_button};
 use crate::config_source::fetch::MIRROR_DIR;
 use crate::config_source::fetch_thread::Pending;
-use crate::config_source::partition::{self, ConfigMount, Loaded, CONFIG_DIR, DEV_DIR, SYS_BLOCK};
+use crate::config_source::partition::{self, DEV_DIR, SYS_BLOCK};
 use crate::config_source::probe::DeviceCache;
+use crate::config_source::{ConfigSource, Event, Loaded, Loader};
 use crate::guests::supervisor::{Action, Exit, Verdict, CRASH_LOOP_FAILURES, CRASH_LOOP_WINDOW};
 use crate::guests::{ConsoleOut, Guest, StartContext, MAX_GUESTS};
-use crate::host::net::{self, Netlink};
+use crate::host::host_setup::{self, HostContext, HostState};
+use crate::host::net::Netlink;
 use crate::host::{cgroup, data_mounts};
-use hvconfig::DeviceSource;
 
-/// How long boot waits quietly for a slow USB/SD config device before
-/// saying it is missing.
-const CONFIG_WAIT: Duration = Duration::from_secs(15);
-const CONFIG_POLL_FAST: Duration = Duration::from_millis(250);
-/// After the wait, look for a hot-plugged stick this often.
-const CONFIG_POLL_SLOW: Duration = Duration::from_secs(5);
-/// After SIGKILL, how long to wait for the vmms to be reaped.
-const KILL_GRACE: Duration = Duration::from_secs(5);
 /// Upper bound on one epoll wait, so time-driven work never starves.
 const MAX_WAIT: Duration = Duration::from_secs(5);
 
@@ -51,28 +45,6 @@ fn guest_token(index: usize, stderr: bool) -> u64 {
     TOKEN_GUEST | ((index as u64) << 1) | u64::from(stderr)
 }
 
-enum ConfigState {
-    Searching {
-        spec: DeviceSource,
-        since: Instant,
-        next: Instant,
-        reported: bool,
-        last_error: Option<String>,
-    },
-    Mounted(ConfigMount),
-    /// `hv.config=http://...`: being fetched into RAM by a thread.
-    Fetching(Pending),
-    /// Fetched into a copy in RAM, laid out like the partition.
-    Fetched,
-    Unavailable,
-}
-
-struct Shutdown {
-    action: PowerAction,
-    deadline: Instant,
-    killed_at: Option<Instant>,
-}
-
 pub struct Init {
     epoll: Epoll,
     signals: SignalFd,
@@ -81,13 +53,14 @@ pub struct Init {
     next_feed: Instant,
     netlink: Option<Netlink>,
     cgroup_base: Option<PathBuf>,
-    config: ConfigState,
+    config: Loader,
+    /// The fetch of `hv.config=http://...`, while it runs.
+    fetch: Option<Pending>,
     host: HostConfig,
-    data_mounts: Vec<PathBuf>,
+    host_state: HostState,
     /// Block devices for data mounts and LABEL= disks, scanned when first
     /// needed after the config is read, not on every guest start.
     devices: DeviceCache,
-    boot_medium: BootMedium,
     guests: heapless::Vec<Guest, MAX_GUESTS>,
     console: ConsoleOut,
     shutdown: Option<Shutdown>,
@@ -126,33 +99,23 @@ impl Init {
                 None
             }
         };
-        let config = match &opts.config {
-            ConfigSource::Device(spec) => {
-                log::info!("looking for the config partition {spec}");
-                ConfigState::Searching {
-                    spec: spec.clone(),
-                    since: now,
-                    next: now,
-                    reported: false,
-                    last_error: None,
-                }
-            }
-            ConfigSource::Url(url) => match Pending::spawn(url, Path::new(MIRROR_DIR)) {
+        let (mut config, notice) = Loader::new(&opts.config, now);
+        if let Some(notice) = notice {
+            notice.log();
+        }
+        let mut fetch = None;
+        if let ConfigSource::Url(url) = &opts.config {
+            match Pending::spawn(url, Path::new(MIRROR_DIR)) {
                 Ok(pending) => {
                     let ev = EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_FETCH);
                     if let Err(e) = epoll.add(pending.fd(), ev) {
                         log::error!("epoll: config fetch: {e}");
                     }
-                    ConfigState::Fetching(pending)
+                    fetch = Some(pending);
                 }
-                Err(e) => {
-                    log::error!(
-                        "hv.config={url}: cannot start fetching: {e}; running without guests"
-                    );
-                    ConfigState::Unavailable
-                }
-            },
-        };
+                Err(e) => config.fetch_failed(url, &e).log(),
+            }
+        }
         Init {
             epoll,
             signals,
@@ -162,10 +125,10 @@ impl Init {
             netlink,
             cgroup_base,
             config,
+            fetch,
             host: HostConfig::default(),
-            data_mounts: Vec::new(),
+            host_state: HostState::default(),
             devices: DeviceCache::new(Path::new(SYS_BLOCK), Path::new(DEV_DIR)),
-            boot_medium: BootMedium::default(),
             guests: heapless::Vec::new(),
             console: ConsoleOut::open(),
             shutdown: None,
@@ -203,11 +166,11 @@ impl Init {
         if self.watchdog.is_some() {
             next = next.min(self.next_feed);
         }
-        if let ConfigState::Searching { next: try_at, .. } = &self.config {
-            next = next.min(*try_at);
+        if let Some(try_at) = self.config.deadline() {
+            next = next.min(try_at);
         }
         if let Some(s) = &self.shutdown {
-            next = next.min(s.killed_at.map_or(s.deadline, |k| k + KILL_GRACE));
+            next = next.min(s.deadline());
         }
         for g in &self.guests {
             if let Some(d) = g.sup.deadline() {
@@ -298,8 +261,8 @@ impl Init {
                 self.next_feed = now + wd.interval();
             }
         }
-        if let Some(s) = &mut self.shutdown {
-            return shutdown_progress(s, &self.guests, now);
+        if self.shutdown.is_some() {
+            return self.shutdown_progress(now);
         }
         self.search_config(now);
         let mut now_running = false;
@@ -329,7 +292,7 @@ impl Init {
         let mut ctx = StartContext {
             netlink: self.netlink.as_mut(),
             cgroup_base: self.cgroup_base.as_deref(),
-            boot_medium: &self.boot_medium,
+            boot_medium: &self.host_state.boot_medium,
             devices: &mut self.devices,
             shutdown_timeout_s: self.host.shutdown_timeout_s,
             now,
@@ -355,99 +318,37 @@ impl Init {
     }
 
     fn search_config(&mut self, now: Instant) {
-        let ConfigState::Searching {
-            spec,
-            since,
-            next,
-            reported,
-            last_error,
-        } = &mut self.config
-        else {
+        let Some(spec) = self.config.due(now).cloned() else {
             return;
         };
-        if now < *next {
-            return;
-        }
-        let waited = now.saturating_duration_since(*since);
-        let found = partition::find_device(spec).map(|dev| {
-            partition::mount_config(&dev, Path::new(CONFIG_DIR)).map_err(|e| {
-                format!(
-                    "config partition {} ({spec}): mount: {e}",
-                    dev.node.display()
-                )
-            })
-        });
-        match found {
-            Some(Ok(mount)) => {
-                let fs = mount
-                    .device
-                    .fs
-                    .as_ref()
-                    .map_or("?".to_string(), |f| f.fstype.to_string());
-                log::info!(
-                    "config partition {spec} is {} ({fs}), mounted read-only on {CONFIG_DIR}",
-                    mount.device.node.display()
-                );
-                let dir = mount.dir.clone();
-                self.config = ConfigState::Mounted(mount);
-                let loaded = partition::load(&dir);
-                if !loaded.host_toml_found {
-                    log::info!("config: no host.toml, using defaults");
-                }
-                let hint = format!("put NAME.toml files in {}/guests", dir.display());
-                self.apply_config(loaded, &hint, now);
-                return;
-            }
-            // Said once, not every poll.
-            Some(Err(e)) if last_error.as_ref() != Some(&e) => {
-                log::error!("{e}");
-                *last_error = Some(e);
-            }
-            Some(Err(_)) | None => {}
-        }
-        if waited >= CONFIG_WAIT && !*reported {
-            log::warn!(
-                "no config partition {spec} found after {} s: running without guests; \
-                 still looking every {} s (plug in the config stick)",
-                CONFIG_WAIT.as_secs(),
-                CONFIG_POLL_SLOW.as_secs()
-            );
-            *reported = true;
-        }
-        *next = now
-            + if *reported {
-                CONFIG_POLL_SLOW
-            } else {
-                CONFIG_POLL_FAST
-            };
+        let found = partition::look(&spec);
+        let events = self.config.looked(found, now);
+        self.config_events(events, now);
     }
 
     /// The network fetch has ended: use what it got, unless the machine
     /// is already going down.
     fn fetch_done(&mut self, now: Instant) {
-        let state = std::mem::replace(&mut self.config, ConfigState::Unavailable);
-        let ConfigState::Fetching(pending) = state else {
-            self.config = state;
+        let Some(pending) = self.fetch.take() else {
             return;
         };
         let _ = self.epoll.delete(pending.fd());
         let (loaded, remote) = pending.finish();
         if self.shutdown.is_some() {
+            self.config.abandon();
             return;
         }
-        let hint = match remote {
-            Some(remote) => {
-                let dir = remote.dir();
-                log::info!("config: {} fetched into {}", remote.base, dir.display());
-                self.config = ConfigState::Fetched;
-                format!(
-                    "list them in host.toml as guests = [\"NAME\"], served as {}guests/NAME.toml",
-                    remote.base
-                )
+        let events = self.config.fetched(loaded, remote.as_ref());
+        self.config_events(events, now);
+    }
+
+    fn config_events(&mut self, events: Vec<Event>, now: Instant) {
+        for event in events {
+            match event {
+                Event::Log(notice) => notice.log(),
+                Event::Loaded { loaded, hint } => self.apply_config(loaded, &hint, now),
             }
-            None => "fix hv.config= on the kernel command line".to_string(),
-        };
-        self.apply_config(loaded, &hint, now);
+        }
     }
 
     fn apply_config(&mut self, loaded: Loaded, hint: &str, now: Instant) {
@@ -455,45 +356,20 @@ impl Init {
             log::error!("config: {e}");
         }
         self.host = loaded.host;
-        if let Err(e) = nix::unistd::sethostname(&self.host.hostname) {
-            log::warn!("hostname {}: {e}", self.host.hostname);
-        }
-        match self.netlink.as_mut() {
-            Some(nl) => net::setup_host(nl, &self.host.bridges),
-            None if !self.host.bridges.is_empty() => {
-                log::error!("network: no netlink socket; bridges not set up");
-            }
-            None => {}
-        }
-        self.find_boot_medium();
-        if !self.host.mounts.is_empty() {
-            let devices = self.devices.devices();
-            self.data_mounts =
-                data_mounts::mount_all(&self.host.mounts, devices, &self.boot_medium);
-        }
+        self.host_state = host_setup::apply(
+            &self.host,
+            HostContext {
+                netlink: self.netlink.as_mut(),
+                devices: &mut self.devices,
+                config_mounted: self.config.mounted().is_some(),
+            },
+        );
 
         if loaded.guests.is_empty() {
             log::warn!("config: no guests defined ({hint}); running idle");
         }
         for config in loaded.guests {
-            let index = self.guests.len();
-            let name = config.name.clone();
-            let autostart = config.lifecycle.autostart;
-            if self.guests.is_full() {
-                log::error!(
-                    "guest {name}: not started: the guest table is full ({MAX_GUESTS} guests at most)"
-                );
-                continue;
-            }
-            let mut guest = Guest::new(config, index);
-            if autostart {
-                guest.sup.request_start(now);
-            } else {
-                log::info!("guest {name}: autostart is off");
-            }
-            if self.guests.push(guest).is_err() {
-                log::error!("guest {name}: not started: the guest table is full");
-            }
+            self.add_guest(config, now);
         }
         // Start-up status: starting guests report themselves as they are
         // started, the others here.
@@ -514,51 +390,43 @@ impl Init {
         }
     }
 
-    /// Which disks guests and data mounts may only read: the one holding
-    /// the mounted config partition; without one (config over HTTP), any
-    /// disk flashed with the image, which may be the stick that booted.
-    fn find_boot_medium(&mut self) {
-        let mountinfo = std::fs::read_to_string(MOUNTINFO).unwrap_or_default();
-        let mounted = matches!(self.config, ConfigState::Mounted(_));
-        let devices = if mounted {
-            &[][..]
+    fn add_guest(&mut self, config: hvconfig::GuestConfig, now: Instant) {
+        let index = self.guests.len();
+        let name = config.name.clone();
+        if self.guests.is_full() {
+            log::error!(
+                "guest {name}: not started: the guest table is full ({MAX_GUESTS} guests at most)"
+            );
+            return;
+        }
+        let autostart = config.lifecycle.autostart;
+        let mut guest = Guest::new(config, index);
+        if autostart {
+            guest.sup.request_start(now);
         } else {
-            self.devices.devices()
-        };
-        self.boot_medium = BootMedium::gather(Path::new(SYS_DIR), &mountinfo, devices);
-        if mounted && self.boot_medium.is_empty() {
-            log::error!("boot medium not found in {MOUNTINFO}: it is not protected from guests");
+            log::info!("guest {name}: autostart is off");
+        }
+        if self.guests.push(guest).is_err() {
+            log::error!("guest {name}: not started: the guest table is full");
         }
     }
 
     fn begin_shutdown(&mut self, action: PowerAction) {
+        let now = Instant::now();
         if self.shutdown.is_some() {
-            log::warn!(
-                "{} requested again: killing the remaining guests now",
-                action.verb()
-            );
-            for g in &self.guests {
-                if let Some(pid) = g.sup.state().pid() {
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                }
-            }
-            if let Some(s) = &mut self.shutdown {
-                s.killed_at.get_or_insert(Instant::now());
+            let running = running(&self.guests);
+            let progress = self
+                .shutdown
+                .as_mut()
+                .map(|s| s.again(action, &running, now));
+            if let Some(progress) = progress {
+                self.shutdown_step(progress);
             }
             return;
         }
         let timeout = Duration::from_secs(u64::from(self.host.shutdown_timeout_s));
-        let running = self
-            .guests
-            .iter()
-            .filter(|g| g.sup.state().pid().is_some())
-            .count();
-        log::info!(
-            "{} requested: stopping {running} guest(s), waiting up to {} s",
-            action.verb(),
-            timeout.as_secs()
-        );
-        // All at once: the wait is bounded by the slowest guest, not the sum.
+        let (shutdown, notice) = Shutdown::begin(action, timeout, running(&self.guests).len(), now);
+        notice.log();
         for g in &mut self.guests {
             if let Some(pid) = g.sup.begin_shutdown() {
                 if let Err(e) = kill(Pid::from_raw(pid), Signal::SIGTERM) {
@@ -567,17 +435,38 @@ impl Init {
                 log::info!("{}", g.status_line());
             }
         }
-        self.shutdown = Some(Shutdown {
-            action,
-            deadline: Instant::now() + timeout,
-            killed_at: None,
-        });
+        self.shutdown = Some(shutdown);
+    }
+
+    /// Advances a shutdown; returns the action once every vmm is gone (or
+    /// the kill grace ran out).
+    fn shutdown_progress(&mut self, now: Instant) -> Option<PowerAction> {
+        let running = running(&self.guests);
+        let progress = self.shutdown.as_mut()?.progress(&running, now);
+        self.shutdown_step(progress)
+    }
+
+    fn shutdown_step(&mut self, progress: Progress) -> Option<PowerAction> {
+        match progress {
+            Progress::Waiting => None,
+            Progress::Kill(pids, notice) => {
+                notice.log();
+                for pid in pids {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                None
+            }
+            Progress::Done(action, notice) => {
+                notice.log();
+                Some(action)
+            }
+        }
     }
 
     fn finish_shutdown(self) {
         nix::unistd::sync();
-        data_mounts::unmount_all(&self.data_mounts);
-        if let ConfigState::Mounted(m) = &self.config {
+        data_mounts::unmount_all(&self.host_state.data_mounts);
+        if let Some(m) = self.config.mounted() {
             data_mounts::unmount_all(std::slice::from_ref(&m.dir));
         }
         if let Some(wd) = self.watchdog {
@@ -586,38 +475,17 @@ impl Init {
     }
 }
 
-/// Advances a shutdown; returns the action once every vmm is gone (or
-/// the kill grace ran out).
-fn shutdown_progress(s: &mut Shutdown, guests: &[Guest], now: Instant) -> Option<PowerAction> {
-    let running: Vec<&Guest> = guests
+/// The vmms still running, by guest name and pid.
+fn running(guests: &[Guest]) -> Vec<Running<'_>> {
+    guests
         .iter()
-        .filter(|g| g.sup.state().pid().is_some())
-        .collect();
-    if running.is_empty() {
-        log::info!("all guests stopped");
-        return Some(s.action);
-    }
-    match s.killed_at {
-        None if now >= s.deadline => {
-            let names: Vec<&str> = running.iter().map(|g| g.name()).collect();
-            log::warn!(
-                "guests still running at the shutdown timeout: {}; killing them",
-                names.join(", ")
-            );
-            for g in &running {
-                if let Some(pid) = g.sup.state().pid() {
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                }
-            }
-            s.killed_at = Some(now);
-            None
-        }
-        Some(at) if now >= at + KILL_GRACE => {
-            log::error!("vmm processes survived SIGKILL; going down anyway");
-            Some(s.action)
-        }
-        _ => None,
-    }
+        .filter_map(|g| {
+            g.sup.state().pid().map(|pid| Running {
+                name: g.name(),
+                pid,
+            })
+        })
+        .collect()
 }
 
 fn report_exit(guest: &Guest, exit: Exit, verdict: Verdict) {

@@ -2,17 +2,10 @@
 
 use hvconfig::device::{Context, DeviceSource};
 
+pub use crate::config_source::ConfigSource;
+
 /// Label of the config partition when the command line names none.
 pub const DEFAULT_CONFIG_LABEL: &str = "HVCONFIG";
-
-/// Where the configuration comes from (`hv.config=`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ConfigSource {
-    Device(DeviceSource),
-    /// Fetched over HTTP (see `fetch`); kept as written, since `${mac}`
-    /// can only be replaced once the network is known.
-    Url(String),
-}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Options {

@@ -89,3 +89,29 @@ pub fn init(level: LevelFilter) {
         log::set_max_level(level);
     }
 }
+
+/// A message a pure state machine asks its caller to log, so tests can
+/// see what an operator would read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    Info(String),
+    Warn(String),
+    Error(String),
+}
+
+impl Notice {
+    /// Logs the message at its level.
+    pub fn log(&self) {
+        match self {
+            Notice::Info(m) => log::info!("{m}"),
+            Notice::Warn(m) => log::warn!("{m}"),
+            Notice::Error(m) => log::error!("{m}"),
+        }
+    }
+
+    pub fn text(&self) -> &str {
+        match self {
+            Notice::Info(m) | Notice::Warn(m) | Notice::Error(m) => m,
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! Bringing the machine up and down: the kernel command line, early
 //! mounts, the console and logger, signals, the watchdog, the power
-//! button and the final power-off, and which disk the image booted from.
+//! button, the shutdown of the guests and the final power-off, and which
+//! disk the image booted from.
 
 pub mod boot_medium;
 pub mod boot_report;
@@ -10,5 +11,6 @@ pub mod early_mounts;
 pub mod logger;
 pub mod power;
 pub mod power_button;
+pub mod shutdown;
 pub mod signals;
 pub mod watchdog;

@@ -13,8 +13,8 @@ use std::time::Duration;
 use hvconfig::{ConfigError, GuestConfig, HostConfig};
 
 use crate::config_source::http::{self, Timeouts};
-use crate::config_source::partition::Loaded;
 use crate::config_source::url::{self, HttpUrl, Mirror, MAC_PLACEHOLDER};
+use crate::config_source::Loaded;
 use crate::host::ipconfig;
 
 /// Root of the copy in RAM (/run is a tmpfs): `http://SERVER/a/b` is

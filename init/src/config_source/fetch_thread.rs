@@ -13,7 +13,7 @@ use std::thread::{self, JoinHandle};
 use hvconfig::{ConfigError, HostConfig};
 
 use crate::config_source::fetch::{self, Backoff, Remote};
-use crate::config_source::partition::Loaded;
+use crate::config_source::Loaded;
 
 /// A fetch in progress.
 pub struct Pending {

@@ -4,12 +4,13 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use hvconfig::{ConfigError, GuestConfig, HostConfig};
+use hvconfig::HostConfig;
 use nix::mount::{mount, MsFlags};
 
 use hvconfig::DeviceSource;
 
-use crate::config_source::probe::{self, BlockDevice};
+use super::probe::{self, BlockDevice};
+use super::{Found, Loaded};
 
 /// Where the config partition is mounted (read-only).
 pub const CONFIG_DIR: &str = "/mnt/config";
@@ -65,14 +66,21 @@ pub fn mount_config(device: &BlockDevice, dir: &Path) -> io::Result<ConfigMount>
     })
 }
 
-/// Everything read from the config partition.
-#[derive(Debug)]
-pub struct Loaded {
-    pub host: HostConfig,
-    pub guests: Vec<GuestConfig>,
-    /// One entry per bad file; the good ones are still used.
-    pub errors: Vec<ConfigError>,
-    pub host_toml_found: bool,
+/// One look for the config partition: find it, mount it, read it.
+pub fn look(spec: &DeviceSource) -> Found {
+    let Some(dev) = find_device(spec) else {
+        return Found::Nothing;
+    };
+    match mount_config(&dev, Path::new(CONFIG_DIR)) {
+        Ok(mount) => {
+            let loaded = load(&mount.dir);
+            Found::Mounted(mount, loaded)
+        }
+        Err(e) => Found::MountFailed(format!(
+            "config partition {} ({spec}): mount: {e}",
+            dev.node.display()
+        )),
+    }
 }
 
 /// Reads `dir/host.toml` (optional) and every `dir/guests/*.toml`.
