@@ -90,24 +90,62 @@ impl fmt::Display for IpCidr {
     }
 }
 
+/// Why an interface address was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IpCidrError {
+    NoPrefix,
+    NotAnAddress(String),
+    BadPrefix {
+        prefix: String,
+        max: u8,
+    },
+    NotAnInterfaceAddress(IpAddr),
+    NetworkOrBroadcast {
+        addr: std::net::Ipv4Addr,
+        prefix_len: u8,
+    },
+}
+
+impl fmt::Display for IpCidrError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IpCidrError::NoPrefix => f.write_str("expected ADDRESS/PREFIX, e.g. 10.0.0.2/24"),
+            IpCidrError::NotAnAddress(a) => write!(f, "'{a}' is not an IPv4 or IPv6 address"),
+            IpCidrError::BadPrefix { prefix, max } => {
+                write!(f, "prefix length '{prefix}' is not in 1..={max}")
+            }
+            IpCidrError::NotAnInterfaceAddress(a) => {
+                write!(f, "{a} cannot be an interface address")
+            }
+            IpCidrError::NetworkOrBroadcast { addr, prefix_len } => write!(
+                f,
+                "{addr} is the network or broadcast address of its /{prefix_len} subnet"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for IpCidrError {}
+
 impl FromStr for IpCidr {
-    type Err = String;
+    type Err = IpCidrError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, prefix) = s
-            .split_once('/')
-            .ok_or("expected ADDRESS/PREFIX, e.g. 10.0.0.2/24")?;
+        let (addr, prefix) = s.split_once('/').ok_or(IpCidrError::NoPrefix)?;
         let addr: IpAddr = addr
             .parse()
-            .map_err(|_| format!("'{addr}' is not an IPv4 or IPv6 address"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
+            .map_err(|_| IpCidrError::NotAnAddress(addr.to_string()))?;
+        let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
         let prefix_len = prefix
             .parse::<u8>()
             .ok()
             .filter(|p| (1..=max).contains(p) && !prefix.starts_with('+'))
-            .ok_or_else(|| format!("prefix length '{prefix}' is not in 1..={max}"))?;
+            .ok_or_else(|| IpCidrError::BadPrefix {
+                prefix: prefix.to_string(),
+                max,
+            })?;
         if addr.is_unspecified() || addr.is_multicast() {
-            return Err(format!("{addr} cannot be an interface address"));
+            return Err(IpCidrError::NotAnInterfaceAddress(addr));
         }
         if let IpAddr::V4(v4) = addr {
             // /31 and /32 have no network or broadcast address.
@@ -115,9 +153,10 @@ impl FromStr for IpCidr {
                 let host_mask = u32::MAX >> prefix_len;
                 let host = u32::from(v4) & host_mask;
                 if host == 0 || host == host_mask {
-                    return Err(format!(
-                        "{v4} is the network or broadcast address of its /{prefix_len} subnet"
-                    ));
+                    return Err(IpCidrError::NetworkOrBroadcast {
+                        addr: v4,
+                        prefix_len,
+                    });
                 }
             }
         }
@@ -375,7 +414,8 @@ fn mounts(root: &Fields<'_, '_, '_>) -> Result<Vec<Mount>, ConfigError> {
         let t = f
             .string("target")?
             .ok_or_else(|| f.missing("target", "the absolute directory to mount on"))?;
-        let target = mount_target(t.value).map_err(|m| src.error_at(t.span.clone(), m))?;
+        let target =
+            mount_target(t.value).map_err(|e| src.error_at(t.span.clone(), e.to_string()))?;
         if mounts.iter().any(|m| m.target == target) {
             return Err(src.error_at(
                 t.span,
@@ -408,23 +448,44 @@ fn mounts(root: &Fields<'_, '_, '_>) -> Result<Vec<Mount>, ConfigError> {
     Ok(mounts)
 }
 
-fn mount_target(v: &str) -> Result<PathBuf, String> {
+/// Why a mount target was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum TargetError {
+    NotAbsolute(String),
+    DotOrDotDot(String),
+    OutsideMountRoot(String),
+}
+
+impl fmt::Display for TargetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetError::NotAbsolute(v) => {
+                write!(f, "target '{v}' must be an absolute path, e.g. /data")
+            }
+            TargetError::DotOrDotDot(v) => write!(f, "target '{v}' must not contain '.' or '..'"),
+            TargetError::OutsideMountRoot(v) => write!(
+                f,
+                "target '{v}' must be {MOUNT_ROOT} or a directory inside it \
+                 (the rest of the file system is the host's own)"
+            ),
+        }
+    }
+}
+
+fn mount_target(v: &str) -> Result<PathBuf, TargetError> {
     let path = Path::new(v);
     if !path.is_absolute() || v.contains('\0') {
-        return Err(format!("target '{v}' must be an absolute path, e.g. /data"));
+        return Err(TargetError::NotAbsolute(v.to_string()));
     }
     if !path
         .components()
         .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
     {
-        return Err(format!("target '{v}' must not contain '.' or '..'"));
+        return Err(TargetError::DotOrDotDot(v.to_string()));
     }
     let normal: PathBuf = path.components().collect();
     if !normal.starts_with(MOUNT_ROOT) {
-        return Err(format!(
-            "target '{v}' must be {MOUNT_ROOT} or a directory inside it \
-             (the rest of the file system is the host's own)"
-        ));
+        return Err(TargetError::OutsideMountRoot(v.to_string()));
     }
     Ok(normal)
 }

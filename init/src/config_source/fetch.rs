@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::fs::{self, File};
+use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::thread;
@@ -13,7 +14,7 @@ use std::time::Duration;
 use hvconfig::{ConfigError, GuestConfig, HostConfig};
 
 use crate::config_source::http::{self, Timeouts};
-use crate::config_source::url::{self, HttpUrl, Mirror, MAC_PLACEHOLDER};
+use crate::config_source::url::{self, HttpUrl, Mirror, UrlError, MAC_PLACEHOLDER};
 use crate::config_source::Loaded;
 use crate::host::ipconfig;
 
@@ -78,6 +79,22 @@ impl Delays {
     }
 }
 
+/// Why one file could not be fetched into the copy in RAM.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{}: {source}", .path.display())]
+    Store { path: PathBuf, source: io::Error },
+    #[error("{}", describe(.0))]
+    Http(http::Error),
+}
+
+fn store_error(path: &Path) -> impl FnOnce(io::Error) -> FetchError + '_ {
+    move |source| FetchError::Store {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 /// Where and how to fetch.
 #[derive(Clone, Debug)]
 pub struct Remote {
@@ -107,7 +124,7 @@ impl Remote {
 /// Turns `hv.config=` into the URL to fetch from, replacing `${mac}`
 /// with the booting NIC's address. Waits (with backoff) for the kernel
 /// to have configured a NIC: without one no request can succeed anyway.
-pub fn resolve_source(text: &str, backoff: Backoff) -> Result<HttpUrl, String> {
+pub fn resolve_source(text: &str, backoff: Backoff) -> Result<HttpUrl, UrlError> {
     let text = if text.contains(MAC_PLACEHOLDER) {
         let mut delays = backoff.start();
         let nic = loop {
@@ -125,7 +142,7 @@ pub fn resolve_source(text: &str, backoff: Backoff) -> Result<HttpUrl, String> {
     } else {
         text.to_string()
     };
-    HttpUrl::parse(&text).map_err(|e| e.to_string())
+    HttpUrl::parse(&text)
 }
 
 /// Everything is fetched before anything is used: guests start from a
@@ -204,11 +221,11 @@ fn fetch_text(remote: &Remote, url: &HttpUrl) -> Result<String, ConfigError> {
             let mut body = Vec::new();
             http::get(url, &mut body, hvconfig::MAX_FILE_SIZE, &remote.timeouts).map(|_| body)
         })
-        .map_err(|e| url_error(url, describe(&e)))?;
+        .map_err(|e| url_error(url, FetchError::Http(e).to_string()))?;
     log::info!("config: fetched {url} ({} bytes)", bytes.len());
     let text = String::from_utf8(bytes).map_err(|_| url_error(url, "not UTF-8 text"))?;
     let local = remote.mirror.local_path(url);
-    store(&local, text.as_bytes()).map_err(|e| url_error(url, e))?;
+    store(&local, text.as_bytes()).map_err(|e| url_error(url, e.to_string()))?;
     Ok(text)
 }
 
@@ -220,11 +237,11 @@ fn describe(e: &http::Error) -> String {
     }
 }
 
-fn store(local: &Path, bytes: &[u8]) -> Result<(), String> {
+fn store(local: &Path, bytes: &[u8]) -> Result<(), FetchError> {
     if let Some(dir) = local.parent() {
-        fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        fs::create_dir_all(dir).map_err(store_error(dir))?;
     }
-    fs::write(local, bytes).map_err(|e| format!("{}: {e}", local.display()))
+    fs::write(local, bytes).map_err(store_error(local))
 }
 
 /// Fetches and parses one guest, then the kernel and initrd it names.
@@ -268,13 +285,13 @@ fn fetch_guest(
 
 /// Streams a kernel or initrd to its place in the mirror. The file only
 /// appears under its name once complete.
-fn fetch_file(remote: &Remote, url: &HttpUrl) -> Result<u64, String> {
+fn fetch_file(remote: &Remote, url: &HttpUrl) -> Result<u64, FetchError> {
     let local = remote.mirror.local_path(url);
     let mut partial = local.clone().into_os_string();
     partial.push(".part");
     let partial = PathBuf::from(partial);
     if let Some(dir) = local.parent() {
-        fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        fs::create_dir_all(dir).map_err(store_error(dir))?;
     }
     let size = remote
         .backoff
@@ -284,9 +301,9 @@ fn fetch_file(remote: &Remote, url: &HttpUrl) -> Result<u64, String> {
         })
         .map_err(|e| {
             let _ = fs::remove_file(&partial);
-            describe(&e)
+            FetchError::Http(e)
         })?;
-    fs::rename(&partial, &local).map_err(|e| format!("{}: {e}", local.display()))?;
+    fs::rename(&partial, &local).map_err(store_error(&local))?;
     log::info!("config: fetched {url} ({size} bytes)");
     Ok(size)
 }
@@ -507,7 +524,9 @@ mod tests {
 
     #[test]
     fn source_urls_are_checked() {
-        let e = resolve_source("https://h/", FAST).expect_err("https");
+        let e = resolve_source("https://h/", FAST)
+            .expect_err("https")
+            .to_string();
         assert!(e.contains("https is not supported"), "{e}");
         let url = resolve_source("http://10.0.2.2:8000/hv", FAST).expect("url");
         assert_eq!(url.to_string(), "http://10.0.2.2:8000/hv");

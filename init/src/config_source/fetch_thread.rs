@@ -45,7 +45,7 @@ fn bad_source(message: String) -> Loaded {
 pub fn run(source: &str, mirror_root: &Path, backoff: Backoff) -> (Loaded, Option<Remote>) {
     let base = match fetch::resolve_source(source, backoff) {
         Ok(base) => base,
-        Err(e) => return (bad_source(e), None),
+        Err(e) => return (bad_source(e.to_string()), None),
     };
     let mut remote = Remote::new(&base, mirror_root);
     remote.backoff = backoff;

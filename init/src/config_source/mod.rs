@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use hvconfig::{ConfigError, DeviceSource, GuestConfig, HostConfig};
 
 use self::fetch::Remote;
-use self::partition::ConfigMount;
+use self::partition::{ConfigMount, MountError};
 use crate::boot::logger::Notice;
 
 /// How long boot waits quietly for a slow USB/SD config device before
@@ -52,8 +52,8 @@ pub struct Loaded {
 #[derive(Debug)]
 pub enum Found {
     Nothing,
-    /// There, but it would not mount; the message says why.
-    MountFailed(String),
+    /// There, but it would not mount.
+    MountFailed(MountError),
     /// Mounted and read.
     Mounted(ConfigMount, Loaded),
 }
@@ -188,11 +188,14 @@ impl Loader {
                 return events;
             }
             // Said once, not every poll.
-            Found::MountFailed(e) if last_error.as_ref() != Some(&e) => {
-                events.push(Event::Log(Notice::Error(e.clone())));
-                *last_error = Some(e);
+            Found::MountFailed(e) => {
+                let e = e.to_string();
+                if last_error.as_ref() != Some(&e) {
+                    events.push(Event::Log(Notice::Error(e.clone())));
+                    *last_error = Some(e);
+                }
             }
-            Found::MountFailed(_) | Found::Nothing => {}
+            Found::Nothing => {}
         }
         let waited = now.saturating_duration_since(*since);
         if waited >= CONFIG_WAIT && !*reported {
@@ -339,10 +342,16 @@ mod tests {
     fn a_mount_error_is_said_once() {
         let t0 = Instant::now();
         let mut loader = searching(t0);
-        let failed = || Found::MountFailed("config partition /dev/sdb1: mount: EIO".into());
+        let failed = || {
+            Found::MountFailed(MountError {
+                node: "/dev/sdb1".into(),
+                spec: DeviceSource::Label("HVCONFIG".into()),
+                source: std::io::Error::from_raw_os_error(libc::EIO),
+            })
+        };
         assert_eq!(
             texts(&loader.looked(failed(), t0)),
-            ["config partition /dev/sdb1: mount: EIO"]
+            ["config partition /dev/sdb1 (LABEL=HVCONFIG): mount: Input/output error (os error 5)"]
         );
         assert!(loader.looked(failed(), t0 + CONFIG_POLL_FAST).is_empty());
     }

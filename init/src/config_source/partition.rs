@@ -66,6 +66,15 @@ pub fn mount_config(device: &BlockDevice, dir: &Path) -> io::Result<ConfigMount>
     })
 }
 
+/// The config partition is there but would not mount.
+#[derive(Debug, thiserror::Error)]
+#[error("config partition {} ({spec}): mount: {source}", .node.display())]
+pub struct MountError {
+    pub node: PathBuf,
+    pub spec: DeviceSource,
+    pub source: io::Error,
+}
+
 /// One look for the config partition: find it, mount it, read it.
 pub fn look(spec: &DeviceSource) -> Found {
     let Some(dev) = find_device(spec) else {
@@ -76,10 +85,11 @@ pub fn look(spec: &DeviceSource) -> Found {
             let loaded = load(&mount.dir);
             Found::Mounted(mount, loaded)
         }
-        Err(e) => Found::MountFailed(format!(
-            "config partition {} ({spec}): mount: {e}",
-            dev.node.display()
-        )),
+        Err(source) => Found::MountFailed(MountError {
+            node: dev.node,
+            spec: spec.clone(),
+            source,
+        }),
     }
 }
 

@@ -18,17 +18,55 @@ pub struct HttpUrl {
     path: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UrlError(String);
-
-impl fmt::Display for UrlError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+/// Why a URL (or a local path standing for one) cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("{0}: https is not supported (init has no TLS); use http://")]
+    Https(String),
+    #[error("{0}: not an http:// URL")]
+    NotHttp(String),
+    #[error("{0}: query strings and fragments are not supported")]
+    QueryOrFragment(String),
+    #[error("{text}: {bad:?} is not allowed in a URL")]
+    BadChar { text: String, bad: char },
+    #[error("{text}: {problem}")]
+    Authority {
+        text: String,
+        problem: AuthorityError,
+    },
+    #[error("{text}: {problem}")]
+    Path { text: String, problem: PathError },
+    #[error(
+        "{} is not below the configuration URL; use a path relative to the guest file",
+        .0.display()
+    )]
+    Outside(PathBuf),
 }
 
-fn err(msg: impl Into<String>) -> UrlError {
-    UrlError(msg.into())
+/// What is wrong with the `host:port` part of a URL.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthorityError {
+    #[error("user names and passwords are not supported")]
+    UserInfo,
+    #[error("missing ']' after the IPv6 address")]
+    UnclosedIpv6,
+    #[error("unexpected {0:?} after ']'")]
+    AfterIpv6(String),
+    #[error("no host name")]
+    NoHost,
+    #[error("port {0:?} is not a number in 1..=65535")]
+    BadPort(String),
+}
+
+/// What is wrong with the (percent-encoded) path of a URL.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("bad %-escape (expected %XX with two hex digits)")]
+    BadEscape,
+    #[error("%{0:02X} is not allowed in a path")]
+    Forbidden(u8),
+    #[error("the decoded path is not UTF-8")]
+    NotUtf8,
 }
 
 /// Replaces every `${mac}` in `text` with `mac`.
@@ -40,29 +78,34 @@ impl HttpUrl {
     pub fn parse(text: &str) -> Result<HttpUrl, UrlError> {
         let lower = text.get(..8).unwrap_or(text).to_ascii_lowercase();
         if lower.starts_with("https://") {
-            return Err(err(format!(
-                "{text}: https is not supported (init has no TLS); use http://"
-            )));
+            return Err(UrlError::Https(text.to_string()));
         }
         let rest = if lower.starts_with("http://") {
             text.get(7..).unwrap_or_default()
         } else {
-            return Err(err(format!("{text}: not an http:// URL")));
+            return Err(UrlError::NotHttp(text.to_string()));
         };
         if rest.contains(['?', '#']) {
-            return Err(err(format!(
-                "{text}: query strings and fragments are not supported"
-            )));
+            return Err(UrlError::QueryOrFragment(text.to_string()));
         }
         if let Some(bad) = rest.chars().find(|c| c.is_whitespace() || c.is_control()) {
-            return Err(err(format!("{text}: {bad:?} is not allowed in a URL")));
+            return Err(UrlError::BadChar {
+                text: text.to_string(),
+                bad,
+            });
         }
         let (authority, path) = match rest.find('/') {
             Some(i) => rest.split_at(i),
             None => (rest, "/"),
         };
-        let (host, port) = split_authority(authority).map_err(|m| err(format!("{text}: {m}")))?;
-        let path = percent_decode(path).map_err(|m| err(format!("{text}: {m}")))?;
+        let (host, port) = split_authority(authority).map_err(|problem| UrlError::Authority {
+            text: text.to_string(),
+            problem,
+        })?;
+        let path = percent_decode(path).map_err(|problem| UrlError::Path {
+            text: text.to_string(),
+            problem,
+        })?;
         Ok(HttpUrl {
             host: host.to_string(),
             port,
@@ -118,7 +161,10 @@ impl HttpUrl {
         if reference.starts_with("//") {
             return HttpUrl::parse(&format!("http:{reference}"));
         }
-        let decoded = percent_decode(reference).map_err(|m| err(format!("{reference}: {m}")))?;
+        let decoded = percent_decode(reference).map_err(|problem| UrlError::Path {
+            text: reference.to_string(),
+            problem,
+        })?;
         let joined = if decoded.starts_with('/') {
             decoded
         } else {
@@ -139,21 +185,19 @@ impl fmt::Display for HttpUrl {
     }
 }
 
-fn split_authority(authority: &str) -> Result<(&str, u16), String> {
+fn split_authority(authority: &str) -> Result<(&str, u16), AuthorityError> {
     if authority.contains('@') {
-        return Err("user names and passwords are not supported".into());
+        return Err(AuthorityError::UserInfo);
     }
     let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
-        let (host, after) = rest
-            .split_once(']')
-            .ok_or_else(|| "missing ']' after the IPv6 address".to_string())?;
+        let (host, after) = rest.split_once(']').ok_or(AuthorityError::UnclosedIpv6)?;
         match after {
             "" => (host, None),
             p => (
                 host,
                 Some(
                     p.strip_prefix(':')
-                        .ok_or_else(|| format!("unexpected {p:?} after ']'"))?,
+                        .ok_or_else(|| AuthorityError::AfterIpv6(p.to_string()))?,
                 ),
             ),
         }
@@ -164,7 +208,7 @@ fn split_authority(authority: &str) -> Result<(&str, u16), String> {
         }
     };
     if host.is_empty() {
-        return Err("no host name".into());
+        return Err(AuthorityError::NoHost);
     }
     let port = match port {
         None | Some("") => 80,
@@ -172,14 +216,14 @@ fn split_authority(authority: &str) -> Result<(&str, u16), String> {
             .parse::<u16>()
             .ok()
             .filter(|&p| p != 0)
-            .ok_or_else(|| format!("port {p:?} is not a number in 1..=65535"))?,
+            .ok_or_else(|| AuthorityError::BadPort(p.to_string()))?,
     };
     Ok((host, port))
 }
 
 /// Decodes `%XX` escapes. Escaped `/` and NUL are refused: they would
 /// change the meaning of the path once it names a local file.
-fn percent_decode(text: &str) -> Result<String, String> {
+fn percent_decode(text: &str) -> Result<String, PathError> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -193,14 +237,14 @@ fn percent_decode(text: &str) -> Result<String, String> {
             .get(i + 1..i + 3)
             .and_then(|h| std::str::from_utf8(h).ok())
             .and_then(|h| u8::from_str_radix(h, 16).ok())
-            .ok_or_else(|| "bad %-escape (expected %XX with two hex digits)".to_string())?;
+            .ok_or(PathError::BadEscape)?;
         if hex == b'/' || hex == 0 {
-            return Err(format!("%{hex:02X} is not allowed in a path"));
+            return Err(PathError::Forbidden(hex));
         }
         out.push(hex);
         i += 3;
     }
-    String::from_utf8(out).map_err(|_| "the decoded path is not UTF-8".to_string())
+    String::from_utf8(out).map_err(|_| PathError::NotUtf8)
 }
 
 fn percent_encode(path: &str) -> String {
@@ -263,12 +307,7 @@ impl Mirror {
     /// apart lexically (like the server resolves `..`), and must stay
     /// inside the copy: absolute paths elsewhere cannot be fetched.
     pub fn url_of(&self, local: &Path) -> Result<HttpUrl, UrlError> {
-        let outside = || {
-            err(format!(
-                "{} is not below the configuration URL; use a path relative to the guest file",
-                local.display()
-            ))
-        };
+        let outside = || UrlError::Outside(local.to_path_buf());
         let mut parts: Vec<&str> = Vec::new();
         for c in local.components() {
             match c {
