@@ -413,8 +413,8 @@ CONFIG_SOUND=n
 
     #[test]
     fn cli_checks_files_across_fragments() {
-        let dir = std::env::temp_dir().join(format!("hv-kconfig-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path();
         let config = dir.join(".config");
         let base = dir.join("base.config");
         let extra = dir.join("extra.config");
@@ -441,6 +441,5 @@ CONFIG_SOUND=n
         let missing = err(&args(&[&dir.join("nope.config")]));
         assert!(missing.contains("nope.config: cannot read"), "{missing}");
         assert!(err(&[base.into()]).contains("missing --config"));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
