@@ -214,8 +214,8 @@ mod tests {
         let members = read_back(&archive);
         let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["bin", "bin/vmm", "dev", "dev/console", "init"]);
-        for (i, m) in members.iter().enumerate() {
-            assert_eq!(m.ino, i as u32 + 1);
+        for (ino, m) in (1..).zip(&members) {
+            assert_eq!(m.ino, ino);
             assert_eq!((m.uid, m.gid, m.mtime), (0, 0, 1234));
         }
         assert_eq!(members[0].mode, 0o040755);

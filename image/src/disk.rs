@@ -124,9 +124,12 @@ pub fn assemble(
 mod tests {
     use super::*;
 
+    /// [`MIB`] for indexing.
+    const M: usize = 1 << 20;
+
     fn two_partitions() -> (Vec<u8>, Vec<u8>, Disk) {
-        let esp = vec![0xe5; MIB as usize];
-        let cfg = vec![0xc0; 2 * MIB as usize];
+        let esp = vec![0xe5; M];
+        let cfg = vec![0xc0; 2 * M];
         let disk = assemble(
             [7; 16],
             &[0x33; BOOT_CODE_SIZE],
@@ -183,8 +186,8 @@ mod tests {
         assert!(gpt[3].is_unused());
         assert!(gpt.header.last_usable_lba >= 8191);
 
-        assert_eq!(&disk.bytes[MIB as usize..2 * MIB as usize], &esp[..]);
-        assert_eq!(&disk.bytes[2 * MIB as usize..4 * MIB as usize], &cfg[..]);
+        assert_eq!(&disk.bytes[M..2 * M], &esp[..]);
+        assert_eq!(&disk.bytes[2 * M..4 * M], &cfg[..]);
     }
 
     #[test]
@@ -194,7 +197,7 @@ mod tests {
         assert_eq!(&disk.bytes[..BOOT_CODE_SIZE], &[0x33; BOOT_CODE_SIZE]);
         assert_eq!(disk.bytes[446], 0, "protective partition not active");
         assert_eq!(disk.bytes[446 + 4], 0xee, "protective partition type");
-        let last_sector = disk.bytes.len() - SECTOR as usize;
+        let last_sector = disk.bytes.len() - 512;
         assert_eq!(&disk.bytes[last_sector..last_sector + 8], b"EFI PART");
         assert_eq!(&disk.bytes[512..520], b"EFI PART");
     }

@@ -307,7 +307,7 @@ mod tests {
 
     #[test]
     fn grows_to_fit_content_and_slack() {
-        let big = vec![1u8; 3 * MIB as usize];
+        let big = vec![1u8; 3 << 20];
         let files = [FatFile {
             path: "vmlinuz",
             data: &big,
