@@ -1,10 +1,6 @@
 //! Runs the built `hv-image build` on small stand-in inputs and checks the
 //! outputs, the budget enforcement and reproducibility.
 
-// Test code: a failed unwrap is a failed test. clippy.toml allows unwrap in
-// #[test] functions only, not in the helpers they share.
-#![allow(clippy::unwrap_used)]
-
 use std::io::Cursor;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -36,7 +32,7 @@ fn scratch(name: &str) -> TempDir {
     tempfile::Builder::new()
         .prefix(&format!("hv-image-{name}-"))
         .tempdir()
-        .unwrap()
+        .expect("creating a scratch directory")
 }
 
 fn bzimage(efi_stub: bool, len: usize, fill: u8) -> Vec<u8> {
@@ -85,7 +81,7 @@ fn inputs(dir: &Path) -> Vec<String> {
     let mut args = Vec::new();
     for (flag, name, data) in files {
         let path = dir.join(name);
-        std::fs::write(&path, data).unwrap();
+        std::fs::write(&path, data).expect("writing a stand-in input");
         args.push(flag.to_string());
         args.push(path.display().to_string());
     }
@@ -112,7 +108,8 @@ fn stderr(output: &Output) -> String {
 }
 
 fn report(out: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(out.join("size-report.json")).unwrap()).unwrap()
+    let json = std::fs::read(out.join("size-report.json")).expect("reading size-report.json");
+    serde_json::from_slice(&json).expect("size-report.json is JSON")
 }
 
 #[test]
