@@ -146,7 +146,7 @@ impl Init {
                 .saturating_duration_since(now)
                 .min(MAX_WAIT);
             // Round up so a deadline is never missed by a millisecond.
-            let ms = wait.as_millis().saturating_add(1).min(u128::from(u16::MAX)) as u16;
+            let ms = u16::try_from(wait.as_millis().saturating_add(1)).unwrap_or(u16::MAX);
             let n = self
                 .epoll
                 .wait(&mut events, EpollTimeout::from(ms))
@@ -192,10 +192,11 @@ impl Init {
                 }
             }
         } else if token & TOKEN_GUEST != 0 {
-            let index = ((token & !TOKEN_GUEST) >> 1) as usize;
-            self.guest_output(index, token & 1 == 1);
+            if let Ok(index) = usize::try_from((token & !TOKEN_GUEST) >> 1) {
+                self.guest_output(index, token & 1 == 1);
+            }
         } else if token >= TOKEN_BUTTON {
-            let i = (token - TOKEN_BUTTON) as usize;
+            let i = usize::try_from(token - TOKEN_BUTTON).unwrap_or(usize::MAX);
             if self.buttons.get(i).is_some_and(power_button::pressed) {
                 log::info!("power button pressed");
                 self.begin_shutdown(PowerAction::PowerOff);

@@ -5,6 +5,8 @@
 //! by policy, until a power button, Ctrl-Alt-Del or signal shuts down.
 //! PID 1 must never exit or panic: every error is logged and lived with.
 
+#![warn(clippy::indexing_slicing)]
+
 mod boot;
 mod config_source;
 mod event_loop;

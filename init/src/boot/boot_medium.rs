@@ -193,25 +193,30 @@ pub mod tests {
         assert!(BootMedium::gather(sys.path(), "", &[]).is_empty());
     }
 
-    /// A loop device over a small file, detached on drop; None when not
-    /// root or losetup is missing.
+    /// A loop device over a small file, detached on drop. The tests that
+    /// use one need root and losetup (as CI has): without them they fail,
+    /// saying so, rather than pass having checked nothing.
     pub struct LoopDevice {
         pub node: PathBuf,
         _file: tempfile::NamedTempFile,
     }
 
     impl LoopDevice {
-        pub fn new() -> Option<LoopDevice> {
-            let file = tempfile::NamedTempFile::new().ok()?;
-            file.as_file().set_len(1 << 20).ok()?;
+        pub fn new() -> LoopDevice {
+            let file = tempfile::NamedTempFile::new().expect("temporary file");
+            file.as_file().set_len(1 << 20).expect("size the file");
             let out = Command::new("losetup")
                 .args(["-f", "--show"])
                 .arg(file.path())
                 .output()
-                .ok()?;
-            let node = String::from_utf8(out.stdout).ok()?;
-            let node = PathBuf::from(node.trim());
-            (out.status.success() && node.is_absolute()).then_some(LoopDevice { node, _file: file })
+                .expect("this test needs losetup (util-linux) and root");
+            let node = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            assert!(
+                out.status.success() && node.is_absolute(),
+                "this test needs root to set up a loop device: losetup said {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            LoopDevice { node, _file: file }
         }
 
         /// A BootMedium whose only disk is this loop device, found as the
@@ -236,10 +241,7 @@ pub mod tests {
 
     #[test]
     fn a_real_block_device_is_matched_by_number() {
-        let Some(lo) = LoopDevice::new() else {
-            eprintln!("skipped: needs root and losetup");
-            return;
-        };
+        let lo = LoopDevice::new();
         let boot = lo.as_boot_medium();
         assert!(!boot.is_empty());
         let meta = fs::metadata(&lo.node).expect("stat");

@@ -32,7 +32,11 @@ pub fn uptime() -> Duration {
     if rc != 0 {
         return Duration::ZERO;
     }
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    // Boot time is never negative and nanoseconds stay below 10^9.
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
 }
 
 fn level_tag(level: Level) -> &'static str {
@@ -102,11 +106,12 @@ pub enum Notice {
 impl Notice {
     /// Logs the message at its level.
     pub fn log(&self) {
-        match self {
-            Notice::Info(m) => log::info!("{m}"),
-            Notice::Warn(m) => log::warn!("{m}"),
-            Notice::Error(m) => log::error!("{m}"),
-        }
+        let level = match self {
+            Notice::Info(_) => Level::Info,
+            Notice::Warn(_) => Level::Warn,
+            Notice::Error(_) => Level::Error,
+        };
+        log::log!(level, "{}", self.text());
     }
 
     pub fn text(&self) -> &str {

@@ -7,14 +7,16 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-const EV_KEY: u16 = 0x01;
+const EV_KEY: u16 = EV_KEY_NR as u16;
+/// EV_KEY as the ioctl number wants it (`EVIOCGBIT(EV_KEY, ...)`).
+const EV_KEY_NR: u8 = 0x01;
 const KEY_POWER: u16 = 116;
 /// Bytes of the EV_KEY capability bitmap needed to reach KEY_POWER.
 const KEY_BITS_LEN: usize = (KEY_POWER as usize) / 8 + 1;
 /// struct input_event on 64-bit: timeval (16), type, code (2 each), value (4).
 const INPUT_EVENT_LEN: usize = 24;
 
-nix::ioctl_read_buf!(eviocgbit_key, b'E', 0x20 + EV_KEY as u8, u8);
+nix::ioctl_read_buf!(eviocgbit_key, b'E', 0x20 + EV_KEY_NR, u8);
 
 /// Opens every input device that can report KEY_POWER.
 pub fn open_all(input_dir: &Path) -> Vec<File> {

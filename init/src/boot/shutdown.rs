@@ -57,10 +57,6 @@ impl Shutdown {
         (shutdown, notice)
     }
 
-    pub fn action(&self) -> PowerAction {
-        self.action
-    }
-
     /// Asked again (`action`) while shutting down: kill what is left now.
     pub fn again(&mut self, action: PowerAction, running: &[Running], now: Instant) -> Progress {
         self.killed_at.get_or_insert(now);
@@ -130,7 +126,6 @@ mod tests {
             "power off requested: stopping 2 guest(s), waiting up to 30 s"
         );
         assert_eq!(s.deadline(), t0 + secs(30));
-        assert_eq!(s.action(), PowerAction::PowerOff);
     }
 
     #[test]

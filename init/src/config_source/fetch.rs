@@ -71,7 +71,10 @@ impl Delays {
         // Whole seconds in practice; no float formatting in PID 1 (12 KiB).
         let (n, unit) = match self.next.subsec_millis() {
             0 => (self.next.as_secs(), "s"),
-            _ => (self.next.as_millis() as u64, "ms"),
+            _ => (
+                u64::try_from(self.next.as_millis()).unwrap_or(u64::MAX),
+                "ms",
+            ),
         };
         log::warn!("config: {what}: {why}; retrying in {n} {unit}");
         thread::sleep(self.next);
@@ -457,7 +460,11 @@ mod tests {
         site.put("/host.toml", Reply::Body(b"guests = [\"a\"]\n".to_vec()));
         site.put(
             "/guests/a.toml",
-            Reply::Body(vec![b'#'; hvconfig::MAX_FILE_SIZE as usize + 1]),
+            Reply::Body(vec![
+                b'#';
+                usize::try_from(hvconfig::MAX_FILE_SIZE).expect("fits")
+                    + 1
+            ]),
         );
         let port = site.start();
         let dir = tempfile::tempdir().expect("tempdir");

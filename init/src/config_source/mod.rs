@@ -55,7 +55,7 @@ pub enum Found {
     /// There, but it would not mount.
     MountFailed(MountError),
     /// Mounted and read.
-    Mounted(ConfigMount, Loaded),
+    Mounted(ConfigMount, Box<Loaded>),
 }
 
 /// What the loader has to say.
@@ -167,6 +167,7 @@ impl Loader {
         let mut events = Vec::new();
         match found {
             Found::Mounted(mount, loaded) => {
+                let loaded = *loaded;
                 let fs = mount
                     .device
                     .fs
@@ -360,7 +361,7 @@ mod tests {
     fn a_mounted_partition_is_loaded_once() {
         let t0 = Instant::now();
         let mut loader = searching(t0);
-        let events = loader.looked(Found::Mounted(mount(), empty()), t0);
+        let events = loader.looked(Found::Mounted(mount(), Box::new(empty())), t0);
         assert_eq!(
             texts(&events),
             [

@@ -83,7 +83,7 @@ pub fn look(spec: &DeviceSource) -> Found {
     match mount_config(&dev, Path::new(CONFIG_DIR)) {
         Ok(mount) => {
             let loaded = load(&mount.dir);
-            Found::Mounted(mount, loaded)
+            Found::Mounted(mount, Box::new(loaded))
         }
         Err(source) => Found::MountFailed(MountError {
             node: dev.node,
