@@ -359,7 +359,9 @@ fn disks(root: &Fields<'_, '_, '_>, base: &Path) -> Result<Vec<Disk>, ConfigErro
         path_value(&f, "path", &p)?;
         let path = disk_source(&f, &p, base)?;
         if let Some(j) = disks.iter().position(|d| d.path == path) {
-            let line = Position::of_offset(src.text, header_starts[j]).line;
+            let line = header_starts
+                .get(j)
+                .map_or(1, |&start| Position::of_offset(src.text, start).line);
             return Err(src.error_at(
                 p.span,
                 format!(
