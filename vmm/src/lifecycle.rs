@@ -240,10 +240,10 @@ fn main_loop(
             (d, r) => d.or(r),
         };
         let wait_ms = match wake {
-            Some(d) => d
-                .saturating_duration_since(Instant::now())
-                .as_millis()
-                .min(i32::MAX as u128) as i32,
+            Some(d) => {
+                let ms = d.saturating_duration_since(Instant::now()).as_millis();
+                i32::try_from(ms).unwrap_or(i32::MAX)
+            }
             None => -1,
         };
         let n = match epoll.wait(wait_ms, &mut events) {
@@ -265,7 +265,7 @@ fn main_loop(
             // read as a "force reboot" to the guest's init.
             repeat_at = Some(Instant::now() + REQUEST_REPEAT);
         }
-        for event in &events[..n] {
+        for event in events.iter().take(n) {
             match event.data() {
                 TOKEN_EXIT => {
                     let _ = c.exit.eventfd().read();
@@ -313,7 +313,7 @@ fn forward_input(t: &RawTerminal, serial: &Mutex<SerialDevice>, epoll: &Epoll) {
             let _ = epoll.ctl(ControlOperation::Delete, t.fd(), EpollEvent::default());
         }
         Ok(n) => {
-            lock(serial).enqueue_input(&buf[..n]);
+            lock(serial).enqueue_input(buf.get(..n).unwrap_or_default());
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
         Err(e) => {

@@ -71,7 +71,7 @@ impl AcpiPm {
     }
 
     fn sleep(&mut self, typ: u16) {
-        if typ == S5_SLP_TYP {
+        if typ == u16::from(S5_SLP_TYP) {
             self.exit.request(VmmExit::PoweredOff);
         } else {
             log::warn!("acpi: guest asked for unsupported sleep type {typ}; ignored");
@@ -81,34 +81,38 @@ impl AcpiPm {
 
 impl BusDevice for AcpiPm {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
+        // Bytes past the block read as all ones.
+        let base = usize::try_from(offset).unwrap_or(usize::MAX);
         for (i, byte) in data.iter_mut().enumerate() {
-            let at = offset as usize + i;
+            let at = base.saturating_add(i);
             let reg = self.regs.get(at / 2).copied().unwrap_or(0xffff);
             let reg = if at / 2 == 0 {
                 reg & STS_IMPLEMENTED
             } else {
                 reg
             };
-            *byte = reg.to_le_bytes()[at % 2];
+            let [low, high] = reg.to_le_bytes();
+            *byte = if at % 2 == 0 { low } else { high };
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         // Group bytes per 16-bit register so a 2- or 4-byte access updates
         // each register once (SLP_TYP and SLP_EN arrive together).
-        let mut i = 0;
-        while i < data.len() {
-            let at = offset as usize + i;
+        let Ok(base) = usize::try_from(offset) else {
+            return;
+        };
+        let mut bytes = (base..).zip(data).peekable();
+        while let Some(&(at, _)) = bytes.peek() {
             let reg = at & !1;
             if reg > CNT {
                 return;
             }
             let (mut value, mut mask) = (0u16, 0u16);
-            while i < data.len() && (offset as usize + i) & !1 == reg {
-                let shift = 8 * ((offset as usize + i) % 2);
-                value |= u16::from(data[i]) << shift;
+            while let Some((at, &byte)) = bytes.next_if(|&(at, _)| at & !1 == reg) {
+                let shift = 8 * (at % 2);
+                value |= u16::from(byte) << shift;
                 mask |= 0xff << shift;
-                i += 1;
             }
             self.store(reg, value, mask);
         }
@@ -147,11 +151,14 @@ mod tests {
     fn s5_powers_off() {
         let (mut dev, _, exit) = device();
         // ACPICA first writes SLP_TYP alone, then with SLP_EN.
-        dev.write(CNT as u64, &(S5_SLP_TYP << SLP_TYP_SHIFT).to_le_bytes());
+        dev.write(
+            CNT as u64,
+            &(u16::from(S5_SLP_TYP) << SLP_TYP_SHIFT).to_le_bytes(),
+        );
         assert_eq!(exit.reason(), None);
         dev.write(
             CNT as u64,
-            &((S5_SLP_TYP << SLP_TYP_SHIFT) | SLP_EN).to_le_bytes(),
+            &((u16::from(S5_SLP_TYP) << SLP_TYP_SHIFT) | SLP_EN).to_le_bytes(),
         );
         assert_eq!(exit.reason(), Some(VmmExit::PoweredOff));
         assert_eq!(read16(&mut dev, CNT as u64) & SLP_EN, 0);

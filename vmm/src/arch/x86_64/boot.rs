@@ -56,29 +56,37 @@ pub fn build_boot_params(info: &BootInfo) -> Result<boot_params, String> {
         hdr,
         ..Default::default()
     };
+    // The boot protocol's pointers and sizes are 32-bit: everything they
+    // describe is placed below 4 GiB.
+    let u32_field = |what: &str, value: u64| {
+        u32::try_from(value)
+            .map_err(|_| format!("{what} {value:#x} does not fit the boot protocol"))
+    };
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
-    params.hdr.cmd_line_ptr = CMDLINE_START as u32;
+    params.hdr.cmd_line_ptr = u32_field("command line address", CMDLINE_START)?;
     let cmdline_len = info
         .cmdline
         .as_cstring()
         .map_err(|e| format!("kernel command line: {e}"))?
-        .as_bytes()
+        .as_bytes_with_nul()
         .len();
-    params.hdr.cmdline_size = cmdline_len as u32 + 1;
+    params.hdr.cmdline_size = u32::try_from(cmdline_len)
+        .map_err(|_| format!("kernel command line of {cmdline_len} bytes"))?;
     if let Some((addr, size)) = info.initrd {
-        params.hdr.ramdisk_image = addr.0 as u32;
-        params.hdr.ramdisk_size = size as u32;
+        params.hdr.ramdisk_image = u32_field("initrd address", addr.0)?;
+        params.hdr.ramdisk_size = u32_field("initrd size", size)?;
     }
     params.acpi_rsdp_addr = info.rsdp.0;
 
     let map = e820::build(info.ram);
-    if map.len() > E820_MAX_ENTRIES_ZEROPAGE {
-        return Err("too many E820 entries".into());
-    }
+    let entries = u8::try_from(map.len())
+        .ok()
+        .filter(|&n| usize::from(n) <= E820_MAX_ENTRIES_ZEROPAGE)
+        .ok_or("too many E820 entries")?;
     for (slot, entry) in params.e820_table.iter_mut().zip(&map) {
         *slot = *entry;
     }
-    params.e820_entries = map.len() as u8;
+    params.e820_entries = entries;
     Ok(params)
 }
 
@@ -147,7 +155,7 @@ mod tests {
         let (image, size) = (p.hdr.ramdisk_image, p.hdr.ramdisk_size);
         assert_eq!((image, size), (0x300_0000, 0x1234));
         let cmd = p.hdr.cmd_line_ptr;
-        assert_eq!(cmd, CMDLINE_START as u32);
+        assert_eq!(u64::from(cmd), CMDLINE_START);
         assert_eq!(p.e820_entries, 3);
         let rsdp = p.acpi_rsdp_addr;
         assert_eq!(rsdp, 0xe0000);

@@ -14,6 +14,9 @@ use super::layout::{
     ZERO_PAGE_START,
 };
 
+/// The boot GDT's limit: its four 8-byte descriptors, less one.
+const BOOT_GDT_LIMIT: u16 = 4 * 8 - 1;
+
 const X86_CR0_PE: u64 = 1 << 0;
 const X86_CR0_PG: u64 = 1 << 31;
 const X86_CR4_PAE: u64 = 1 << 5;
@@ -98,7 +101,7 @@ pub fn configure_sregs(sregs: &mut kvm_sregs) {
     let tss = kvm_segment_from_gdt(gdt[3], 3);
 
     sregs.gdt.base = BOOT_GDT_START;
-    sregs.gdt.limit = (std::mem::size_of_val(&gdt) - 1) as u16;
+    sregs.gdt.limit = BOOT_GDT_LIMIT;
     sregs.idt.base = BOOT_IDT_START;
     sregs.idt.limit = 7;
 
@@ -165,10 +168,16 @@ pub fn setup_vcpu(vcpu: &VcpuFd, boot_entry: Option<u64>) -> Result<(), Error> {
 fn set_lint(vcpu: &VcpuFd) -> Result<(), Error> {
     let mut lapic = vcpu.get_lapic().map_err(|e| Error::Kvm("LAPIC", e))?;
     let mut set = |reg: usize, mode: u32| {
-        let bytes: [u8; 4] = std::array::from_fn(|i| lapic.regs[reg + i] as u8);
+        let Some(word) = lapic.regs.get_mut(reg..reg + 4) else {
+            return;
+        };
+        let mut bytes = [0u8; 4];
+        for (byte, reg_byte) in bytes.iter_mut().zip(word.iter()) {
+            *byte = *reg_byte as u8;
+        }
         let value = (u32::from_le_bytes(bytes) & !0x700) | (mode << 8);
-        for (i, b) in value.to_le_bytes().iter().enumerate() {
-            lapic.regs[reg + i] = *b as _;
+        for (reg_byte, byte) in word.iter_mut().zip(value.to_le_bytes()) {
+            *reg_byte = byte as _;
         }
     };
     set(APIC_LVT0, APIC_MODE_EXTINT);
@@ -180,6 +189,12 @@ fn set_lint(vcpu: &VcpuFd) -> Result<(), Error> {
 mod tests {
     use super::*;
     use vm_memory::GuestMemoryMmap;
+
+    #[test]
+    fn gdt_limit_covers_the_boot_gdt() {
+        let gdt = boot_gdt();
+        assert_eq!(usize::from(BOOT_GDT_LIMIT), std::mem::size_of_val(&gdt) - 1);
+    }
 
     #[test]
     fn page_tables_identity_map_first_gib() {

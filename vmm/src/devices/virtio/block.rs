@@ -26,9 +26,16 @@ const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 const CHUNK: usize = 128 * 1024;
 const REQUEST_HEADER_LEN: usize = 16;
 
-const STATUS_OK: u8 = VIRTIO_BLK_S_OK as u8;
-const STATUS_IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
-const STATUS_UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
+/// The status byte's values (`VIRTIO_BLK_S_*`, which the bindings give
+/// as `u32`).
+const STATUS_OK: u8 = 0;
+const STATUS_IOERR: u8 = 1;
+const STATUS_UNSUPP: u8 = 2;
+const _: () = assert!(
+    STATUS_OK as u32 == VIRTIO_BLK_S_OK
+        && STATUS_IOERR as u32 == VIRTIO_BLK_S_IOERR
+        && STATUS_UNSUPP as u32 == VIRTIO_BLK_S_UNSUPP
+);
 
 /// A virtio block device.
 pub struct Block {
@@ -81,8 +88,9 @@ impl Block {
 
     fn set_id(&mut self, id: &str) {
         self.id = [0; ID_LEN];
-        let n = id.len().min(ID_LEN);
-        self.id[..n].copy_from_slice(&id.as_bytes()[..n]);
+        for (dst, src) in self.id.iter_mut().zip(id.bytes()) {
+            *dst = src;
+        }
     }
 
     /// Capacity in 512-byte sectors.
@@ -171,13 +179,13 @@ impl BlockProcessor {
             Ok(()) => STATUS_OK,
             Err(status) => status,
         };
-        let written = data_out.bytes_written();
-        if status_out.write_all(&[status]).is_err() {
-            return written as u32;
-        }
         // A chain cannot describe more than 4 GiB (virtio-queue stops
-        // iterating there), so this does not truncate.
-        (written + 1) as u32
+        // iterating there), so the saturation never happens.
+        let written = u32::try_from(data_out.bytes_written()).unwrap_or(u32::MAX);
+        if status_out.write_all(&[status]).is_err() {
+            return written;
+        }
+        written.saturating_add(1)
     }
 
     fn execute(
@@ -218,7 +226,8 @@ impl BlockProcessor {
                     return Err(STATUS_IOERR);
                 }
                 let n = data_out.available_bytes().min(ID_LEN);
-                data_out.write_all(&self.id[..n]).map_err(|_| STATUS_IOERR)
+                let id = self.id.get(..n).unwrap_or_default();
+                data_out.write_all(id).map_err(|_| STATUS_IOERR)
             }
             _ => Err(STATUS_UNSUPP),
         }
@@ -262,7 +271,9 @@ impl BlockProcessor {
         let mut offset = self.check_range(sector, left)?;
         while left > 0 {
             let n = left.min(self.buf.len());
-            let chunk = &mut self.buf[..n];
+            let Some(chunk) = self.buf.get_mut(..n) else {
+                return Err(STATUS_IOERR);
+            };
             if let Err(e) = self.file.read_exact_at(chunk, offset) {
                 log::error!("virtio-blk: read at byte {offset} failed: {e}");
                 return Err(STATUS_IOERR);
@@ -284,7 +295,9 @@ impl BlockProcessor {
         let mut offset = self.check_range(sector, left)?;
         while left > 0 {
             let n = left.min(self.buf.len());
-            let chunk = &mut self.buf[..n];
+            let Some(chunk) = self.buf.get_mut(..n) else {
+                return Err(STATUS_IOERR);
+            };
             data.read_exact(chunk).map_err(|_| STATUS_IOERR)?;
             if let Err(e) = self.file.write_all_at(chunk, offset) {
                 log::error!("virtio-blk: write at byte {offset} failed: {e}");
@@ -306,6 +319,9 @@ fn parse_header(header: &[u8; REQUEST_HEADER_LEN]) -> (u32, u64) {
 }
 
 #[cfg(test)]
+// Test drivers split 64-bit addresses into 32-bit registers and build
+// small test patterns and lengths: the truncation is what they mean.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use crate::devices::bus::BusDevice;

@@ -182,7 +182,7 @@ impl MmioTransport {
             VIRTIO_MMIO_DEVICE_ID => self.device.device_type(),
             VIRTIO_MMIO_VENDOR_ID => VENDOR_ID,
             VIRTIO_MMIO_DEVICE_FEATURES => match self.device_features_sel {
-                0 => self.offered_features as u32,
+                0 => (self.offered_features & 0xffff_ffff) as u32,
                 1 => (self.offered_features >> 32) as u32,
                 _ => 0,
             },
@@ -433,13 +433,17 @@ impl BusDevice for MmioTransport {
                 .read_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
             return;
         }
-        if data.len() == 4 && offset % 4 == 0 {
-            data.copy_from_slice(&self.read_reg(offset as u32).to_le_bytes());
-        } else {
-            data.fill(0);
-            self.complaints.warn(format_args!(
-                "register read at {offset:#x} must be 4 aligned bytes"
-            ));
+        // Below the configuration space, so the offset fits a u32.
+        match u32::try_from(offset) {
+            Ok(reg) if data.len() == 4 && reg % 4 == 0 => {
+                data.copy_from_slice(&self.read_reg(reg).to_le_bytes());
+            }
+            _ => {
+                data.fill(0);
+                self.complaints.warn(format_args!(
+                    "register read at {offset:#x} must be 4 aligned bytes"
+                ));
+            }
         }
     }
 
@@ -449,8 +453,8 @@ impl BusDevice for MmioTransport {
                 .write_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
             return;
         }
-        match <[u8; 4]>::try_from(data) {
-            Ok(word) if offset % 4 == 0 => self.write_reg(offset as u32, u32::from_le_bytes(word)),
+        match (<[u8; 4]>::try_from(data), u32::try_from(offset)) {
+            (Ok(word), Ok(reg)) if reg % 4 == 0 => self.write_reg(reg, u32::from_le_bytes(word)),
             _ => self.complaints.warn(format_args!(
                 "register write at {offset:#x} must be 4 aligned bytes"
             )),

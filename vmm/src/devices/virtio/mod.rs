@@ -143,7 +143,8 @@ pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
         return;
     };
     if let Some(src) = config.get(start..) {
-        let n = src.len().min(data.len());
-        data[..n].copy_from_slice(&src[..n]);
+        for (dst, src) in data.iter_mut().zip(src) {
+            *dst = *src;
+        }
     }
 }

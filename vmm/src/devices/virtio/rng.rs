@@ -80,17 +80,20 @@ impl RngProcessor {
         let mut left = out.available_bytes().min(MAX_BYTES_PER_REQUEST);
         while left > 0 {
             let n = left.min(self.buf.len());
-            if let Err(e) = getrandom(&mut self.buf[..n]) {
+            let Some(chunk) = self.buf.get_mut(..n) else {
+                break;
+            };
+            if let Err(e) = getrandom(chunk) {
                 log::error!("virtio-rng: getrandom failed: {e}");
                 break;
             }
-            if out.write_all(&self.buf[..n]).is_err() {
+            if out.write_all(chunk).is_err() {
                 break;
             }
             left -= n;
         }
         // At most MAX_BYTES_PER_REQUEST.
-        out.bytes_written() as u32
+        u32::try_from(out.bytes_written()).unwrap_or(0)
     }
 }
 
@@ -98,8 +101,7 @@ impl RngProcessor {
 /// host's entropy pool is initialised at early boot.
 fn getrandom(buf: &mut [u8]) -> io::Result<()> {
     let mut filled = 0;
-    while filled < buf.len() {
-        let rest = &mut buf[filled..];
+    while let Some(rest) = buf.get_mut(filled..).filter(|rest| !rest.is_empty()) {
         // SAFETY: the kernel writes at most `rest.len()` bytes into `rest`,
         // which is a valid, exclusively borrowed buffer.
         let ret =
@@ -117,6 +119,9 @@ fn getrandom(buf: &mut [u8]) -> io::Result<()> {
 }
 
 #[cfg(test)]
+// Test drivers split 64-bit addresses into 32-bit registers and build
+// small test patterns and lengths: the truncation is what they mean.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use crate::devices::virtio::test_support::driver::{Driver, DATA};

@@ -13,6 +13,9 @@ use vmm_sys_util::ioctl_iow_nr;
 /// Size of `struct virtio_net_hdr_v1`, which every frame on the tap carries
 /// in front of the Ethernet header.
 pub const VNET_HDR_LEN: usize = 12;
+/// The same, as TUNSETVNETHDRSZ takes it.
+const VNET_HDR_SZ: std::os::raw::c_int = 12;
+const _: () = assert!(VNET_HDR_SZ as usize == VNET_HDR_LEN);
 
 const TUNTAP: u32 = b'T' as u32;
 ioctl_iow_nr!(TUNSETOFFLOAD, TUNTAP, 208, ::std::os::raw::c_uint);
@@ -42,9 +45,8 @@ impl Tap {
     }
 
     fn configure(file: File) -> io::Result<Tap> {
-        let hdr_len = VNET_HDR_LEN as std::os::raw::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer.
-        if unsafe { ioctl_with_ref(&file, TUNSETVNETHDRSZ(), &hdr_len) } < 0 {
+        if unsafe { ioctl_with_ref(&file, TUNSETVNETHDRSZ(), &VNET_HDR_SZ) } < 0 {
             return Err(os_error("TUNSETVNETHDRSZ"));
         }
         // We negotiate no offloads with the guest, so the host must hand us

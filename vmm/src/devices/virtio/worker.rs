@@ -318,7 +318,7 @@ fn run_loop(
             }
         };
         let mut leftover = 0u64;
-        for event in &events[..count] {
+        for event in events.iter().take(count) {
             match event.data() {
                 CONTROL_TOKEN => {
                     let _ = control.read();
@@ -345,8 +345,12 @@ fn run_loop(
                 }
                 BACKEND_TOKEN => leftover |= worker.backend_ready(),
                 token => {
-                    let index = (token - FIRST_QUEUE_TOKEN) as usize;
-                    if let Some(evt) = notifiers.get(index) {
+                    let index = token
+                        .checked_sub(FIRST_QUEUE_TOKEN)
+                        .and_then(|i| usize::try_from(i).ok());
+                    if let Some((index, evt)) =
+                        index.and_then(|i| notifiers.get(i).map(|evt| (i, evt)))
+                    {
                         // Drain the counter even when inactive: early kicks
                         // must not keep the fd readable forever.
                         let _ = evt.read();

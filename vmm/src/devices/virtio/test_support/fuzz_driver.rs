@@ -129,17 +129,21 @@ pub fn run(data: &[u8]) {
 fn register_write(dev: &mut MmioTransport, input: &mut Input) -> Option<()> {
     let offset = u64::from(input.u16()? % 0x140);
     let value = input.u32()?;
-    let width = [4usize, 4, 4, 1, 2, 8][usize::from(input.u8()? % 6)];
+    let width = [4usize, 4, 4, 1, 2, 8]
+        .get(usize::from(input.u8()? % 6))
+        .copied()?;
     let bytes = u64::from(value).to_le_bytes();
-    dev.write(offset, &bytes[..width]);
+    dev.write(offset, bytes.get(..width)?);
     Some(())
 }
 
 fn register_read(dev: &mut MmioTransport, input: &mut Input) -> Option<()> {
     let offset = u64::from(input.u16()?);
-    let width = [4usize, 1, 2, 8][usize::from(input.u8()? % 4)];
+    let width = [4usize, 1, 2, 8]
+        .get(usize::from(input.u8()? % 4))
+        .copied()?;
     let mut buf = [0u8; 8];
-    dev.read(offset, &mut buf[..width]);
+    dev.read(offset, buf.get_mut(..width)?);
     Some(())
 }
 
@@ -170,19 +174,25 @@ fn init(dev: &mut MmioTransport, input: &mut Input, queue_size: &mut u16) -> Opt
     w(0x70, 1);
     w(0x70, 3);
     w(0x24, 0);
-    w(0x20, features as u32);
+    w(0x20, low_half(features));
     w(0x24, 1);
     w(0x20, (features >> 32) as u32);
     w(0x70, 0xb);
     w(0x30, 0);
     w(0x38, u32::from(size));
-    w(0x80, DESC as u32);
-    w(0x90, AVAIL as u32);
-    w(0xa0, USED as u32);
+    w(0x80, low_half(DESC));
+    w(0x90, low_half(AVAIL));
+    w(0xa0, low_half(USED));
     w(0x44, 1);
     w(0x70, 0xf);
     *queue_size = size;
     Some(())
+}
+
+/// The low 32 bits, for a register that takes half of a 64-bit value.
+fn low_half(value: u64) -> u32 {
+    let [a, b, c, d, ..] = value.to_le_bytes();
+    u32::from_le_bytes([a, b, c, d])
 }
 
 /// A virtio-blk request header (IN, OUT, FLUSH, GET_ID, DISCARD or
@@ -248,15 +258,16 @@ mod tests {
     /// Inputs biased towards meaningful requests: an initialisation, blk
     /// headers in memory, then random operations.
     fn input(rng: &mut Prng) -> Vec<u8> {
-        let mut v = vec![rng.next() as u8];
+        let mut v = vec![rng.next().to_le_bytes()[0]];
         if rng.next() % 4 != 0 {
             v.push(3);
             v.extend_from_slice(&1u64.to_le_bytes());
-            v.extend_from_slice(&[16u16, 256, 8, 3, 0][rng.next() as usize % 5].to_le_bytes());
+            let size = [16u16, 256, 8, 3, 0][usize::try_from(rng.next() % 5).unwrap()];
+            v.extend_from_slice(&size.to_le_bytes());
         }
         let len = rng.next() % 512;
         for _ in 0..len {
-            v.push(rng.next() as u8);
+            v.push(rng.next().to_le_bytes()[0]);
         }
         v
     }
