@@ -27,7 +27,7 @@ use crate::config_source::fetch_thread::Pending;
 use crate::config_source::partition::{self, DEV_DIR, SYS_BLOCK};
 use crate::config_source::probe::DeviceCache;
 use crate::config_source::{ConfigSource, Event, Loaded, Loader};
-use crate::guests::supervisor::{Action, Exit, Verdict, CRASH_LOOP_FAILURES, CRASH_LOOP_WINDOW};
+use crate::guests::supervisor::{Action, Exit, Verdict};
 use crate::guests::{ConsoleOut, Guest, StartContext, MAX_GUESTS};
 use crate::host::host_setup::{self, HostContext, HostState};
 use crate::host::net::Netlink;
@@ -36,13 +36,57 @@ use crate::host::{cgroup, data_mounts};
 /// Upper bound on one epoll wait, so time-driven work never starves.
 const MAX_WAIT: Duration = Duration::from_secs(5);
 
+/// What woke epoll, as the u64 of its event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Token {
+    Signal,
+    /// The config fetch thread ended.
+    Fetch,
+    /// Power button `i` of those opened at start.
+    Button(usize),
+    /// A guest's vmm wrote to its stdout or stderr.
+    Guest {
+        index: usize,
+        stderr: bool,
+    },
+}
+
 const TOKEN_SIGNAL: u64 = 0;
 const TOKEN_FETCH: u64 = 1;
 const TOKEN_BUTTON: u64 = 1 << 16;
 const TOKEN_GUEST: u64 = 1 << 32;
 
-fn guest_token(index: usize, stderr: bool) -> u64 {
-    TOKEN_GUEST | ((index as u64) << 1) | u64::from(stderr)
+impl Token {
+    fn encode(self) -> u64 {
+        // usize is 64 bits on every target init is built for.
+        let wide = |i: usize| u64::try_from(i).unwrap_or(u64::MAX);
+        match self {
+            Token::Signal => TOKEN_SIGNAL,
+            Token::Fetch => TOKEN_FETCH,
+            Token::Button(i) => TOKEN_BUTTON + wide(i).min(TOKEN_GUEST - TOKEN_BUTTON - 1),
+            Token::Guest { index, stderr } => {
+                TOKEN_GUEST | (wide(index).min(u64::MAX >> 2) << 1) | u64::from(stderr)
+            }
+        }
+    }
+
+    fn decode(token: u64) -> Option<Token> {
+        let narrow = |v: u64| usize::try_from(v).ok();
+        match token {
+            TOKEN_SIGNAL => Some(Token::Signal),
+            TOKEN_FETCH => Some(Token::Fetch),
+            t if t & TOKEN_GUEST != 0 => Some(Token::Guest {
+                index: narrow((t & !TOKEN_GUEST) >> 1)?,
+                stderr: t & 1 == 1,
+            }),
+            t if t >= TOKEN_BUTTON => Some(Token::Button(narrow(t - TOKEN_BUTTON)?)),
+            _ => None,
+        }
+    }
+
+    fn event(self) -> EpollEvent {
+        EpollEvent::new(EpollFlags::EPOLLIN, self.encode())
+    }
 }
 
 pub struct Init {
@@ -71,16 +115,12 @@ impl Init {
     /// `started`: time since boot when init began, for the boot report.
     pub fn new(opts: &Options, signals: SignalFd, epoll: Epoll, started: Duration) -> Init {
         let now = Instant::now();
-        if let Err(e) = epoll.add(
-            signals.as_fd(),
-            EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_SIGNAL),
-        ) {
+        if let Err(e) = epoll.add(signals.as_fd(), Token::Signal.event()) {
             log::error!("epoll: signalfd: {e}");
         }
         let buttons = power_button::open_all(Path::new("/dev/input"));
         for (i, b) in buttons.iter().enumerate() {
-            let ev = EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_BUTTON + i as u64);
-            if let Err(e) = epoll.add(b.as_fd(), ev) {
+            if let Err(e) = epoll.add(b.as_fd(), Token::Button(i).event()) {
                 log::error!("epoll: power button: {e}");
             }
         }
@@ -107,8 +147,7 @@ impl Init {
         if let ConfigSource::Url(url) = &opts.config {
             match Pending::spawn(url, Path::new(MIRROR_DIR)) {
                 Ok(pending) => {
-                    let ev = EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_FETCH);
-                    if let Err(e) = epoll.add(pending.fd(), ev) {
+                    if let Err(e) = epoll.add(pending.fd(), Token::Fetch.event()) {
                         log::error!("epoll: config fetch: {e}");
                     }
                     fetch = Some(pending);
@@ -181,26 +220,25 @@ impl Init {
     }
 
     fn dispatch(&mut self, token: u64) {
-        if token == TOKEN_FETCH {
-            self.fetch_done(Instant::now());
-        } else if token == TOKEN_SIGNAL {
-            while let Ok(Some(info)) = self.signals.read_signal() {
-                match signals::classify(info.ssi_signo) {
-                    SignalEvent::ChildExited => self.reap(),
-                    SignalEvent::Shutdown(action) => self.begin_shutdown(action),
-                    SignalEvent::Ignored => {}
+        match Token::decode(token) {
+            Some(Token::Fetch) => self.fetch_done(Instant::now()),
+            Some(Token::Signal) => {
+                while let Ok(Some(info)) = self.signals.read_signal() {
+                    match signals::classify(info.ssi_signo) {
+                        SignalEvent::ChildExited => self.reap(),
+                        SignalEvent::Shutdown(action) => self.begin_shutdown(action),
+                        SignalEvent::Ignored => {}
+                    }
                 }
             }
-        } else if token & TOKEN_GUEST != 0 {
-            if let Ok(index) = usize::try_from((token & !TOKEN_GUEST) >> 1) {
-                self.guest_output(index, token & 1 == 1);
+            Some(Token::Guest { index, stderr }) => self.guest_output(index, stderr),
+            Some(Token::Button(i)) => {
+                if self.buttons.get(i).is_some_and(power_button::pressed) {
+                    log::info!("power button pressed");
+                    self.begin_shutdown(PowerAction::PowerOff);
+                }
             }
-        } else if token >= TOKEN_BUTTON {
-            let i = usize::try_from(token - TOKEN_BUTTON).unwrap_or(usize::MAX);
-            if self.buttons.get(i).is_some_and(power_button::pressed) {
-                log::info!("power button pressed");
-                self.begin_shutdown(PowerAction::PowerOff);
-            }
+            None => {}
         }
     }
 
@@ -301,8 +339,8 @@ impl Init {
         match guest.start(&mut ctx) {
             Ok(started) => {
                 for (file, stderr) in [(&started.stdout, false), (&started.stderr, true)] {
-                    let ev = EpollEvent::new(EpollFlags::EPOLLIN, guest_token(index, stderr));
-                    if let Err(e) = self.epoll.add(file.as_fd(), ev) {
+                    let token = Token::Guest { index, stderr };
+                    if let Err(e) = self.epoll.add(file.as_fd(), token.event()) {
                         log::error!("guest {}: epoll: {e}", guest.name());
                     }
                 }
@@ -490,24 +528,32 @@ fn running(guests: &[Guest]) -> Vec<Running<'_>> {
 }
 
 fn report_exit(guest: &Guest, exit: Exit, verdict: Verdict) {
-    let name = guest.name();
-    match verdict {
-        Verdict::RestartAfter(d) => {
-            log::warn!("guest {name}: {exit}; restarting in {} s", d.as_secs())
-        }
-        Verdict::Stay => log::info!(
-            "guest {name}: {exit}; restart policy '{}': not restarting",
-            guest.config.lifecycle.restart
-        ),
-        Verdict::CrashLoop => log::error!(
-            "guest {name}: {exit}; {CRASH_LOOP_FAILURES} failures within {} s: crash loop, \
-             giving up on this guest",
-            CRASH_LOOP_WINDOW.as_secs()
-        ),
-        Verdict::Invalid => log::error!(
-            "guest {name}: {exit}; not restarting: fix the definition (vmm --check) and reboot"
-        ),
-        Verdict::ShuttingDown => log::info!("guest {name}: {exit}"),
-    }
+    guest.exit_notice(exit, verdict).log();
     log::info!("{}", guest.status_line());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip() {
+        for token in [
+            Token::Signal,
+            Token::Fetch,
+            Token::Button(0),
+            Token::Button(7),
+            Token::Guest {
+                index: 0,
+                stderr: false,
+            },
+            Token::Guest {
+                index: MAX_GUESTS - 1,
+                stderr: true,
+            },
+        ] {
+            assert_eq!(Token::decode(token.encode()), Some(token), "{token:?}");
+        }
+        assert_eq!(Token::decode(2), None);
+    }
 }

@@ -18,9 +18,10 @@ use hvcontract::launch::Ids;
 use hvcontract::Launch;
 
 use self::jail::{Bind, JailSpec};
-use self::supervisor::{State, Supervisor};
+use self::supervisor::{Exit, State, Supervisor, Verdict, CRASH_LOOP_FAILURES, CRASH_LOOP_WINDOW};
 use crate::boot::boot_medium::BootMedium;
 use crate::boot::console::{ConsoleLog, LineSplitter, CONSOLE_LOG_CAP};
+use crate::boot::logger::Notice;
 use crate::config_source::probe::DeviceCache;
 use crate::host::cgroup;
 use crate::host::net::{self, Netlink};
@@ -154,6 +155,30 @@ impl Guest {
             state.name(),
             self.sup.restarts()
         )
+    }
+
+    /// What to say when its vmm has exited and the supervisor has decided.
+    pub fn exit_notice(&self, exit: Exit, verdict: Verdict) -> Notice {
+        let name = self.name();
+        match verdict {
+            Verdict::RestartAfter(d) => Notice::Warn(format!(
+                "guest {name}: {exit}; restarting in {} s",
+                d.as_secs()
+            )),
+            Verdict::Stay => Notice::Info(format!(
+                "guest {name}: {exit}; restart policy '{}': not restarting",
+                self.config.lifecycle.restart
+            )),
+            Verdict::CrashLoop => Notice::Error(format!(
+                "guest {name}: {exit}; {CRASH_LOOP_FAILURES} failures within {} s: crash loop, \
+                 giving up on this guest",
+                CRASH_LOOP_WINDOW.as_secs()
+            )),
+            Verdict::Invalid => Notice::Error(format!(
+                "guest {name}: {exit}; not restarting: fix the definition (vmm --check) and reboot"
+            )),
+            Verdict::ShuttingDown => Notice::Info(format!("guest {name}: {exit}")),
+        }
     }
 
     /// Creates the guest's taps (once; they outlive vmm restarts) and
@@ -553,6 +578,41 @@ mod tests {
         assert!(wakeups >= (256 << 10) / cap, "{wakeups} wakeups");
         assert_eq!(shown_len(), lines * per_line, "nothing lost");
         assert!(guest.stdout.is_none());
+    }
+
+    #[test]
+    fn exits_are_told_as_the_end_to_end_tests_expect() {
+        let guest = guest_with_disk(Path::new("/x"), false);
+        let say = |code: i32, verdict| guest.exit_notice(Exit::from_code(code), verdict);
+        assert_eq!(
+            say(0, Verdict::Stay),
+            Notice::Info(
+                "guest web: guest powered off (exit 0); restart policy 'on-failure': \
+                 not restarting"
+                    .into()
+            )
+        );
+        assert_eq!(
+            say(3, Verdict::RestartAfter(std::time::Duration::from_secs(2))),
+            Notice::Warn("guest web: guest rebooted (exit 3); restarting in 2 s".into())
+        );
+        assert_eq!(
+            say(2, Verdict::Invalid),
+            Notice::Error(
+                "guest web: invalid definition or kernel (exit 2); not restarting: fix the \
+                 definition (vmm --check) and reboot"
+                    .into()
+            )
+        );
+        assert_eq!(
+            say(4, Verdict::CrashLoop).text(),
+            "guest web: guest crashed (exit 4); 5 failures within 60 s: crash loop, giving up \
+             on this guest"
+        );
+        assert_eq!(
+            say(5, Verdict::ShuttingDown),
+            Notice::Info("guest web: stopped by host (exit 5)".into())
+        );
     }
 
     #[test]
