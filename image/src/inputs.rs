@@ -38,11 +38,11 @@ pub struct Input {
 pub struct InputError {
     pub role: String,
     pub path: PathBuf,
-    pub reason: Reason,
+    pub reason: InputReason,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum Reason {
+pub enum InputReason {
     #[error(transparent)]
     Io(#[from] io::Error),
     #[error("not a regular file")]
@@ -89,14 +89,14 @@ pub enum Mismatch {
 /// Reads `path` and checks that it is a `kind`. Errors name the role, the
 /// file and the reason.
 pub fn read(role: &str, path: &Path, kind: Kind) -> Result<Input, InputError> {
-    let fail = |reason: Reason| InputError {
+    let fail = |reason: InputReason| InputError {
         role: role.into(),
         path: path.into(),
         reason,
     };
     let meta = std::fs::metadata(path).map_err(|e| fail(e.into()))?;
     if !meta.is_file() {
-        return Err(fail(Reason::NotAFile));
+        return Err(fail(InputReason::NotAFile));
     }
     let data = std::fs::read(path).map_err(|e| fail(e.into()))?;
     check(&data, kind).map_err(|e| fail(e.into()))?;

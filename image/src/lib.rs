@@ -24,6 +24,13 @@ use std::ffi::OsString;
 
 use cli::USAGE;
 
+// The errors of the private modules, as they appear inside BuildError.
+pub use disk::DiskError;
+pub use epoch::EpochError;
+pub use initramfs::InitramfsError;
+pub use inputs::{InputError, InputReason, Mismatch};
+pub use syslinux::{InstalledError, SyslinuxError};
+
 /// What went wrong with an `hv-image` command.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -75,12 +75,12 @@ pub enum SyslinuxError {
     #[error(transparent)]
     Restamp(#[from] DirError),
     #[error("after installing syslinux: {0}")]
-    Check(#[from] CheckError),
+    Check(#[from] InstalledError),
 }
 
 /// What is wrong with the volume after the installer ran.
 #[derive(Debug, thiserror::Error)]
-pub enum CheckError {
+pub enum InstalledError {
     #[error("mount: {0}")]
     Mount(#[source] io::Error),
     #[error("/{DIRECTORY}: {0}")]
@@ -144,23 +144,23 @@ pub fn install(
 
 /// Checks that the installer left its files where the boot sector expects
 /// them and measures them.
-fn measure(volume: &[u8]) -> Result<Installed, CheckError> {
+fn measure(volume: &[u8]) -> Result<Installed, InstalledError> {
     let fs = FileSystem::new(Cursor::new(volume.to_vec()), FsOptions::new())
-        .map_err(CheckError::Mount)?;
+        .map_err(InstalledError::Mount)?;
     let dir = fs
         .root_dir()
         .open_dir(DIRECTORY)
-        .map_err(CheckError::Directory)?;
+        .map_err(InstalledError::Directory)?;
     let mut loader = 0;
     for name in INSTALLED {
         let entry = dir
             .iter()
             .filter_map(Result::ok)
             .find(|e| e.file_name().eq_ignore_ascii_case(name))
-            .ok_or(CheckError::Missing(name))?;
+            .ok_or(InstalledError::Missing(name))?;
         loader += entry.len();
     }
-    let stats = fs.stats().map_err(CheckError::Stats)?;
+    let stats = fs.stats().map_err(InstalledError::Stats)?;
     let free = u64::from(stats.free_clusters()) * u64::from(stats.cluster_size());
     Ok(Installed {
         loader,

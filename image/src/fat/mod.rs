@@ -2,9 +2,9 @@
 //! partition.
 //!
 //! fatfs formats the volume and writes the files; the submodules then work
-//! on the raw bytes: [`dirs`] finds every directory, [`dots`] repairs the
-//! `.`/`..` entries fatfs 0.3 gets wrong, [`times`] restamps entries written
-//! by other tools, and [`clock`] is the build time as FAT stores it.
+//! on the raw bytes: `dirs` finds every directory, `dots` repairs the
+//! `.`/`..` entries fatfs 0.3 gets wrong, `times` restamps entries written
+//! by other tools, and `clock` is the build time as FAT stores it.
 
 mod clock;
 mod dirs;
