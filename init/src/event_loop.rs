@@ -232,13 +232,11 @@ impl Init {
                 }
             }
             Some(Token::Guest { index, stderr }) => self.guest_output(index, stderr),
-            Some(Token::Button(i)) => {
-                if self.buttons.get(i).is_some_and(power_button::pressed) {
-                    log::info!("power button pressed");
-                    self.begin_shutdown(PowerAction::PowerOff);
-                }
+            Some(Token::Button(i)) if self.buttons.get(i).is_some_and(power_button::pressed) => {
+                log::info!("power button pressed");
+                self.begin_shutdown(PowerAction::PowerOff);
             }
-            None => {}
+            Some(Token::Button(_)) | None => {}
         }
     }
 
