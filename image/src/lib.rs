@@ -1,9 +1,9 @@
 //! hv-image: assembles the hv boot image and checks kernel configurations.
 //!
 //! The `hv-image` binary is a thin wrapper around [`run`]; the modules are
-//! public where other crates of the workspace reuse them (hv-tests writes
-//! its initramfs archives with [`cpio`] and reads volumes back with
-//! [`fat::read_file`]).
+//! public where other crates of the workspace or the tests reuse them
+//! (hv-tests writes its initramfs archives with [`cpio`]; `tests/build.rs`
+//! reads volumes back with [`fat::read_file`]).
 
 pub mod assemble;
 pub mod budget;
