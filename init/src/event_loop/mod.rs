@@ -1,6 +1,11 @@
 //! The one event loop of PID 1: signals, power buttons and guest output
 //! arrive through epoll; everything timed (restarts, config search,
-//! watchdog, shutdown deadline) is driven by the wait's timeout.
+//! watchdog, shutdown deadline) is driven by the wait's timeout. It only
+//! wires: the config source ([`crate::config_source::Loader`]), the host
+//! set-up ([`crate::host::host_setup`]), the guests' supervisors and the
+//! shutdown ([`crate::boot::shutdown`]) decide; the loop carries it out.
+
+mod token;
 
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -8,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use hvconfig::HostConfig;
-use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::epoll::{Epoll, EpollEvent, EpollTimeout};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -32,62 +37,10 @@ use crate::guests::{ConsoleOut, Guest, StartContext, MAX_GUESTS};
 use crate::host::host_setup::{self, HostContext, HostState};
 use crate::host::net::Netlink;
 use crate::host::{cgroup, data_mounts};
+use token::Token;
 
 /// Upper bound on one epoll wait, so time-driven work never starves.
 const MAX_WAIT: Duration = Duration::from_secs(5);
-
-/// What woke epoll, as the u64 of its event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Token {
-    Signal,
-    /// The config fetch thread ended.
-    Fetch,
-    /// Power button `i` of those opened at start.
-    Button(usize),
-    /// A guest's vmm wrote to its stdout or stderr.
-    Guest {
-        index: usize,
-        stderr: bool,
-    },
-}
-
-const TOKEN_SIGNAL: u64 = 0;
-const TOKEN_FETCH: u64 = 1;
-const TOKEN_BUTTON: u64 = 1 << 16;
-const TOKEN_GUEST: u64 = 1 << 32;
-
-impl Token {
-    fn encode(self) -> u64 {
-        // usize is 64 bits on every target init is built for.
-        let wide = |i: usize| u64::try_from(i).unwrap_or(u64::MAX);
-        match self {
-            Token::Signal => TOKEN_SIGNAL,
-            Token::Fetch => TOKEN_FETCH,
-            Token::Button(i) => TOKEN_BUTTON + wide(i).min(TOKEN_GUEST - TOKEN_BUTTON - 1),
-            Token::Guest { index, stderr } => {
-                TOKEN_GUEST | (wide(index).min(u64::MAX >> 2) << 1) | u64::from(stderr)
-            }
-        }
-    }
-
-    fn decode(token: u64) -> Option<Token> {
-        let narrow = |v: u64| usize::try_from(v).ok();
-        match token {
-            TOKEN_SIGNAL => Some(Token::Signal),
-            TOKEN_FETCH => Some(Token::Fetch),
-            t if t & TOKEN_GUEST != 0 => Some(Token::Guest {
-                index: narrow((t & !TOKEN_GUEST) >> 1)?,
-                stderr: t & 1 == 1,
-            }),
-            t if t >= TOKEN_BUTTON => Some(Token::Button(narrow(t - TOKEN_BUTTON)?)),
-            _ => None,
-        }
-    }
-
-    fn event(self) -> EpollEvent {
-        EpollEvent::new(EpollFlags::EPOLLIN, self.encode())
-    }
-}
 
 pub struct Init {
     epoll: Epoll,
@@ -528,30 +481,4 @@ fn running(guests: &[Guest]) -> Vec<Running<'_>> {
 fn report_exit(guest: &Guest, exit: Exit, verdict: Verdict) {
     guest.exit_notice(exit, verdict).log();
     log::info!("{}", guest.status_line());
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_round_trip() {
-        for token in [
-            Token::Signal,
-            Token::Fetch,
-            Token::Button(0),
-            Token::Button(7),
-            Token::Guest {
-                index: 0,
-                stderr: false,
-            },
-            Token::Guest {
-                index: MAX_GUESTS - 1,
-                stderr: true,
-            },
-        ] {
-            assert_eq!(Token::decode(token.encode()), Some(token), "{token:?}");
-        }
-        assert_eq!(Token::decode(2), None);
-    }
 }
