@@ -40,9 +40,13 @@ pub enum Error {
     Image { what: String, source: kernel::Error },
     #[error("{requested} vCPUs requested, this host supports {max}")]
     TooManyVcpus { requested: u8, max: usize },
-    /// The kernel command line with the devices' part does not fit.
-    #[error("{0}")]
-    Cmdline(String),
+    /// The kernel command line with the devices' part does not fit;
+    /// `definition` is "FILE: " or empty.
+    #[error("{definition}{source}")]
+    Cmdline {
+        definition: String,
+        source: boot::Error,
+    },
     #[error(transparent)]
     Devices(#[from] device_manager::Error),
     #[error("cannot open /dev/kvm: {0}")]
@@ -53,12 +57,12 @@ pub enum Error {
     Vm(#[from] vm::Error),
     #[error("eventfd: {0}")]
     EventFd(io::Error),
-    #[error("{0}")]
-    Acpi(String),
-    #[error("{0}")]
-    BootTables(regs::Error),
-    #[error("{0}")]
-    BootParams(String),
+    #[error(transparent)]
+    Acpi(#[from] acpi::Error),
+    #[error(transparent)]
+    BootTables(#[from] regs::Error),
+    #[error(transparent)]
+    BootParams(boot::Error),
     #[error("{0}")]
     Vcpu(String),
 }
@@ -70,7 +74,7 @@ impl Error {
             | Error::OpenImage { .. }
             | Error::Image { .. }
             | Error::TooManyVcpus { .. }
-            | Error::Cmdline(_) => VmmExit::Invalid,
+            | Error::Cmdline { .. } => VmmExit::Invalid,
             Error::Devices(e) => e.exit(),
             Error::Kvm(_)
             | Error::Memory { .. }
@@ -204,14 +208,16 @@ pub fn build(source: &VmSource, host: HostResources) -> Result<Vmm, Error> {
         None => mmio::Attached::default(),
     };
 
-    let cmdline = boot::build_cmdline(source.cmdline(), &virtio.slots).map_err(|e| {
-        Error::Cmdline(match source.definition() {
-            Some(def) => format!("{}: {e}", def.display()),
-            None => e,
-        })
-    })?;
-    let rsdp = acpi::create_tables(&mem, vcpu_count).map_err(Error::Acpi)?;
-    regs::setup_boot_tables(&mem).map_err(Error::BootTables)?;
+    let cmdline =
+        boot::build_cmdline(source.cmdline(), &virtio.slots).map_err(|e| Error::Cmdline {
+            definition: source
+                .definition()
+                .map(|def| format!("{}: ", def.display()))
+                .unwrap_or_default(),
+            source: e,
+        })?;
+    let rsdp = acpi::create_tables(&mem, vcpu_count)?;
+    regs::setup_boot_tables(&mem)?;
     let ram = layout::ram_regions(u64::from(source.memory_mib()) << 20);
     boot::write_boot_params(
         &mem,
@@ -269,10 +275,7 @@ mod tests {
             image.to_string(),
             "kernel k: not a bzImage or ELF vmlinux: file is empty"
         );
-        assert_eq!(
-            Error::Acpi("ACPI tables do not fit".into()).exit(),
-            VmmExit::Error
-        );
+        assert_eq!(Error::from(acpi::Error::TooBig).exit(), VmmExit::Error);
         let devices = Error::from(device_manager::Error::FdIndex {
             flag: "--disk-fd",
             index: 1,

@@ -20,7 +20,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::builder::Vmm;
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::legacy::{SerialDevice, I8042};
-use crate::devices::virtio::WorkerGate;
+use crate::devices::virtio::{NotStarted, WorkerGate};
 use crate::exit::ExitHandle;
 use crate::seccomp::{self, ThreadKind};
 use crate::signals::SignalFd;
@@ -35,8 +35,8 @@ pub enum Error {
     Seccomp(#[from] seccomp::Error),
     #[error("no seccomp filter for virtio device type {0}")]
     NoWorkerFilter(u32),
-    #[error("{0}")]
-    Worker(String),
+    #[error(transparent)]
+    Worker(#[from] NotStarted),
     #[error("cannot start vCPU thread: {0}")]
     VcpuThread(io::Error),
     #[error("cannot install seccomp filter: {0}")]
@@ -184,7 +184,7 @@ fn start_workers(workers: Vec<WorkerGate>, seccomp: bool) -> Result<(), Error> {
             }
             false => None,
         };
-        gate.open(filter).map_err(Error::Worker)?;
+        gate.open(filter)?;
     }
     Ok(())
 }

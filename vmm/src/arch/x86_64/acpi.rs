@@ -16,6 +16,18 @@ use super::layout::{
     ACPI_END, ACPI_START, APIC_ADDR, IOAPIC_ADDR, PM1A_CNT_PORT, PM1A_EVT_PORT, SCI_IRQ,
 };
 
+/// Why the tables could not be written: the vmm's problem, never the
+/// guest's.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("ACPI table at {0:#x} is above 4 GiB")]
+    Above4G(u64),
+    #[error("ACPI tables do not fit in the BIOS area")]
+    TooBig,
+    #[error("cannot write ACPI tables: {0}")]
+    Write(vm_memory::GuestMemoryError),
+}
+
 /// Sleep type the guest writes to PM1a_CNT.SLP_TYP to enter S5 (soft off);
 /// advertised in the DSDT's `\_S5_` package.
 pub const S5_SLP_TYP: u8 = 5;
@@ -104,7 +116,7 @@ fn madt(vcpus: u8) -> Vec<u8> {
 }
 
 /// Writes all tables; returns the RSDP address for `boot_params`.
-pub fn create_tables(mem: &GuestMemoryMmap, vcpus: u8) -> Result<GuestAddress, String> {
+pub fn create_tables(mem: &GuestMemoryMmap, vcpus: u8) -> Result<GuestAddress, Error> {
     let mut tables = Vec::new();
     let mut next = ACPI_START;
     let mut place = |table: Vec<u8>| {
@@ -116,7 +128,7 @@ pub fn create_tables(mem: &GuestMemoryMmap, vcpus: u8) -> Result<GuestAddress, S
     let facs = place(bytes(&FACS::new()));
     let dsdt = place(dsdt());
     // The FADT's 32-bit pointers; the tables live below 1 MiB.
-    let below_4g = |addr: u64| u32::try_from(addr).map_err(|_| format!("ACPI table at {addr:#x}"));
+    let below_4g = |addr: u64| u32::try_from(addr).map_err(|_| Error::Above4G(addr));
     let fadt = place(fadt(below_4g(facs)?, below_4g(dsdt)?));
     let madt = place(madt(vcpus));
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
@@ -125,11 +137,11 @@ pub fn create_tables(mem: &GuestMemoryMmap, vcpus: u8) -> Result<GuestAddress, S
     let xsdt = place(bytes(&xsdt));
     let rsdp = place(bytes(&Rsdp::new(OEM_ID, xsdt)));
     if next > ACPI_END {
-        return Err("ACPI tables do not fit in the BIOS area".into());
+        return Err(Error::TooBig);
     }
     for (addr, table) in tables {
         mem.write_slice(&table, GuestAddress(addr))
-            .map_err(|e| format!("cannot write ACPI tables: {e}"))?;
+            .map_err(Error::Write)?;
     }
     Ok(GuestAddress(rsdp))
 }

@@ -2,8 +2,6 @@
 //! identity map of the first GiB, flat segments, `rsi` pointing at the zero
 //! page.
 
-use std::fmt;
-
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_sregs, Msrs};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -39,19 +37,12 @@ const APIC_LVT1: usize = 0x360;
 const APIC_MODE_EXTINT: u32 = 0x7;
 const APIC_MODE_NMI: u32 = 0x4;
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("cannot write {0} to guest memory")]
     Memory(&'static str),
+    #[error("cannot set vCPU {0}: {1}")]
     Kvm(&'static str, kvm_ioctls::Error),
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        match self {
-            Error::Memory(what) => write!(f, "cannot write {what} to guest memory"),
-            Error::Kvm(what, e) => write!(f, "cannot set vCPU {what}: {e}"),
-        }
-    }
 }
 
 /// Writes the GDT, IDT and page tables shared by all vCPUs.

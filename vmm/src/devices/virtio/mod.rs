@@ -59,15 +59,13 @@ mod worker;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod test_support;
 
-use std::fmt;
-
 pub use block::Block;
 pub use mmio::MmioTransport;
 pub use net::Net;
 pub use queue::QueueContext;
 pub use rng::Rng;
 pub use tap::Tap;
-pub use worker::WorkerGate;
+pub use worker::{NotStarted, WorkerGate};
 
 /// One virtio device model: identity, features and configuration space.
 /// The queue processing lives in the [`QueueProcessor`] it hands out, which
@@ -119,21 +117,12 @@ pub trait QueueProcessor: Send {
 }
 
 /// The driver broke the virtqueue contract; the device needs a reset.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
     /// The virtqueue itself is unusable.
+    #[error("virtqueue error: {0}")]
     Queue(virtio_queue::Error),
 }
-
-impl fmt::Display for DeviceError {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        match self {
-            DeviceError::Queue(e) => write!(f, "virtqueue error: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for DeviceError {}
 
 /// Copies `data.len()` bytes of `config` starting at `offset`, zero-filling
 /// whatever lies past its end.

@@ -241,6 +241,13 @@ impl Drop for WorkerThread {
     }
 }
 
+/// A worker that ended instead of starting (it logged why).
+#[derive(Debug, thiserror::Error)]
+#[error("virtio device type {device_type}: worker did not start")]
+pub struct NotStarted {
+    pub device_type: u32,
+}
+
 /// Lets one worker thread start, under a seccomp filter of the caller's
 /// choosing. Until then the worker only waits (dropping its transport
 /// still ends it).
@@ -258,15 +265,14 @@ impl WorkerGate {
 
     /// Starts the worker; returns once it has installed `filter` on its own
     /// thread. On failure the worker has logged why and ended.
-    pub fn open(self, filter: Option<BpfProgram>) -> Result<(), String> {
+    pub fn open(self, filter: Option<BpfProgram>) -> Result<(), NotStarted> {
         let (done, started) = mpsc::sync_channel(1);
         let sent = self.commands.send(Command::Start { filter, done });
         match sent.is_ok() && started.recv().is_ok() {
             true => Ok(()),
-            false => Err(format!(
-                "virtio device type {}: worker did not start",
-                self.device_type
-            )),
+            false => Err(NotStarted {
+                device_type: self.device_type,
+            }),
         }
     }
 }
