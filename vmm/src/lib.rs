@@ -3,32 +3,34 @@
 //! [`check`]; the exit code is [`hvcontract::VmmExit`].
 //!
 //! How a guest comes to run:
-//! - [`resources`]: what to run, a definition or an ad-hoc kernel
-//!   ([`resources::VmSource`]);
-//! - [`builder`]: opens the host resources as root, then (after
-//!   [`privileges`] dropped root) parses the images and builds the VM,
-//!   putting the devices on their buses with [`device_manager`];
-//! - [`lifecycle`]: starts the vCPU and device threads, each under its own
-//!   [`seccomp`] filter, and waits for the guest to stop.
+//! - `resources`: what to run, a definition or an ad-hoc kernel
+//!   (`VmSource`);
+//! - `builder`: opens the host resources as root, then (after
+//!   `privileges` dropped root) parses the images and builds the VM,
+//!   putting the devices on their buses with `device_manager`;
+//! - `lifecycle`: starts the vCPU and device threads, each under its own
+//!   `seccomp` filter, and waits for the guest to stop.
 //!
 //! Every module has its own error enum; [`Error`] gathers them and
 //! [`Error::exit`] says, from the error's type alone, which exit code it
-//! is.
+//! is. The modules are private: the binary needs only [`run`], [`check`]
+//! and [`logger`], the fuzz target `fuzz_driver` (feature `fuzzing`),
+//! and whatever the vmm itself stops using is reported as dead code.
 #![warn(clippy::indexing_slicing)]
 
-pub mod arch;
-pub mod builder;
-pub mod device_manager;
-pub mod devices;
-pub mod exit;
-pub mod lifecycle;
+mod arch;
+mod builder;
+mod device_manager;
+mod devices;
+mod exit;
+mod lifecycle;
 pub mod logger;
-pub mod privileges;
-pub mod resources;
-pub mod seccomp;
-pub mod signals;
-pub mod terminal;
-pub mod vstate;
+mod privileges;
+mod resources;
+mod seccomp;
+mod signals;
+mod terminal;
+mod vstate;
 
 use std::io;
 use std::path::Path;

@@ -5,6 +5,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use hvconfig::guest::{GuestConfig, Machine, DEFAULT_CMDLINE};
@@ -189,7 +190,8 @@ impl VmSource {
     }
 }
 
-/// The boot-file half of `hvconfig`'s file check, with its messages.
+/// The boot-file half of `hvconfig`'s `GuestConfig::check_files`, with its
+/// messages: the vmm checks only these when init hands it the disks.
 fn check_boot_file(definition: &Path, what: &'static str, path: &Path) -> Result<(), Error> {
     let fail = |problem: String| Error::BootFile {
         definition: definition.display().to_string(),
@@ -202,9 +204,14 @@ fn check_boot_file(definition: &Path, what: &'static str, path: &Path) -> Result
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(fail("no such file".into())),
         Err(e) => return Err(fail(format!("cannot access: {e}"))),
     };
-    if !meta.is_file() {
-        let found = if meta.is_dir() {
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let found = if kind.is_dir() {
             "a directory"
+        } else if kind.is_block_device() {
+            "a block device"
+        } else if kind.is_char_device() {
+            "a character device"
         } else {
             "a special file"
         };
