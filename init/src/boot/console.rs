@@ -1,9 +1,10 @@
 //! Guest console plumbing: splitting a vmm's output into host console
-//! lines prefixed with the guest's name, and keeping a bounded log of it.
+//! lines prefixed with the guest's name, writing them to the console
+//! without ever blocking, and keeping a bounded log of them.
 
 use std::fs::{File, OpenOptions};
-use std::io;
-use std::os::unix::fs::FileExt;
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 /// A line longer than this is cut and shown in pieces, so one guest that
@@ -142,6 +143,62 @@ impl ConsoleLog {
         self.file.set_len(tail.len() as u64)?;
         self.len = tail.len() as u64;
         Ok(())
+    }
+}
+
+/// The host console for guest output: non-blocking, so a slow serial
+/// line drops guest lines (they stay in console.log) instead of stalling
+/// PID 1.
+pub struct ConsoleOut {
+    file: Option<File>,
+    dropped: u64,
+}
+
+impl ConsoleOut {
+    pub fn open() -> ConsoleOut {
+        let file = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open("/dev/console")
+            .ok();
+        ConsoleOut { file, dropped: 0 }
+    }
+
+    /// Guest output written to `file` instead, for tests.
+    #[cfg(test)]
+    pub fn to(file: File) -> ConsoleOut {
+        ConsoleOut {
+            file: Some(file),
+            dropped: 0,
+        }
+    }
+
+    pub fn write(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let Some(mut file) = self.file.as_ref() else {
+            let _ = io::stdout().write_all(data);
+            return;
+        };
+        let mut rest = data;
+        while !rest.is_empty() {
+            match file.write(rest) {
+                Ok(0) => break,
+                Ok(n) => rest = rest.get(n..).unwrap_or_default(),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        if !rest.is_empty() {
+            if self.dropped == 0 {
+                log::warn!(
+                    "console too slow: guest output dropped (kept in {}/NAME/console.log)",
+                    crate::guests::GUESTS_RUN_DIR
+                );
+            }
+            self.dropped += rest.len() as u64;
+        }
     }
 }
 

@@ -21,6 +21,7 @@ use nix::unistd::Pid;
 
 use crate::boot::boot_report::{self, BootReport, GuestProgress};
 use crate::boot::cmdline::Options;
+use crate::boot::console::ConsoleOut;
 use crate::boot::logger;
 use crate::boot::power::PowerAction;
 use crate::boot::power_button;
@@ -33,7 +34,7 @@ use crate::config_source::partition::{self, DEV_DIR, SYS_BLOCK};
 use crate::config_source::probe::DeviceCache;
 use crate::config_source::{ConfigSource, Event, Loaded, Loader};
 use crate::guests::supervisor::{Action, Exit, Verdict};
-use crate::guests::{ConsoleOut, Guest, StartContext, MAX_GUESTS};
+use crate::guests::{Guest, StartContext, MAX_GUESTS};
 use crate::host::host_setup::{self, HostContext, HostState};
 use crate::host::net::Netlink;
 use crate::host::{cgroup, data_mounts};

@@ -6,7 +6,7 @@ pub mod jail;
 pub mod supervisor;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -20,7 +20,7 @@ use hvcontract::Launch;
 use self::jail::{Bind, JailSpec};
 use self::supervisor::{Exit, State, Supervisor, Verdict, CRASH_LOOP_FAILURES, CRASH_LOOP_WINDOW};
 use crate::boot::boot_medium::BootMedium;
-use crate::boot::console::{ConsoleLog, LineSplitter, CONSOLE_LOG_CAP};
+use crate::boot::console::{ConsoleLog, ConsoleOut, LineSplitter, CONSOLE_LOG_CAP};
 use crate::boot::logger::Notice;
 use crate::config_source::probe::DeviceCache;
 use crate::host::cgroup;
@@ -424,54 +424,11 @@ impl Guest {
     }
 }
 
-/// The host console for guest output: non-blocking, so a slow serial
-/// line drops guest lines (they stay in console.log) instead of stalling
-/// PID 1.
-pub struct ConsoleOut {
-    file: Option<File>,
-    dropped: u64,
-}
-
-impl ConsoleOut {
-    pub fn open() -> ConsoleOut {
-        let file = OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open("/dev/console")
-            .ok();
-        ConsoleOut { file, dropped: 0 }
-    }
-
-    pub fn write(&mut self, data: &[u8]) {
-        if data.is_empty() {
-            return;
-        }
-        let Some(mut file) = self.file.as_ref() else {
-            let _ = io::stdout().write_all(data);
-            return;
-        };
-        let mut rest = data;
-        while !rest.is_empty() {
-            match file.write(rest) {
-                Ok(0) => break,
-                Ok(n) => rest = rest.get(n..).unwrap_or_default(),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-        if !rest.is_empty() {
-            if self.dropped == 0 {
-                log::warn!("console too slow: guest output dropped (kept in {GUESTS_RUN_DIR}/NAME/console.log)");
-            }
-            self.dropped += rest.len() as u64;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::boot::boot_medium::tests::LoopDevice;
+    use std::io::Write;
 
     fn guest_with_disk(path: &Path, read_only: bool) -> Guest {
         let text =
@@ -556,10 +513,7 @@ mod tests {
                 .expect("write");
         }
         let shown = tempfile::tempfile().expect("tempfile");
-        let mut console = ConsoleOut {
-            file: Some(shown.try_clone().expect("clone")),
-            dropped: 0,
-        };
+        let mut console = ConsoleOut::to(shown.try_clone().expect("clone"));
         let shown_len = || usize::try_from(shown.metadata().expect("stat").len()).expect("fits");
         assert!(!guest.read_output(false, &mut console));
         let per_line = "[web] ".len() + 100;
