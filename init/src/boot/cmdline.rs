@@ -114,6 +114,10 @@ mod tests {
             ConfigSource::Device(DeviceSource::Label("MY STICK".into()))
         );
         assert_eq!(
+            parse("hv.config=UUID=1234-ABCD").config,
+            ConfigSource::Device(DeviceSource::Uuid("1234-ABCD".into()))
+        );
+        assert_eq!(
             parse("hv.config=http://10.0.0.1/hv/").config,
             ConfigSource::Url("http://10.0.0.1/hv/".into())
         );
@@ -122,8 +126,10 @@ mod tests {
 
     #[test]
     fn bad_config_option_warns_and_keeps_default() {
-        let opts = parse("hv.config=sdb1");
-        assert_eq!(opts.config, Options::default().config);
-        assert_eq!(opts.warnings.len(), 1);
+        for bad in ["sdb1", "LABEL=", "PARTUUID=x"] {
+            let opts = parse(&format!("hv.config={bad}"));
+            assert_eq!(opts.config, Options::default().config, "{bad}");
+            assert_eq!(opts.warnings.len(), 1, "{bad}");
+        }
     }
 }
