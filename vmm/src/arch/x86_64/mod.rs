@@ -3,8 +3,6 @@
 
 pub mod acpi;
 pub mod boot;
-// lint-clean in the legacy-device rework
-#[allow(clippy::indexing_slicing, clippy::cast_possible_truncation)]
 pub mod cpuid;
 pub mod e820;
 pub mod gdt;
