@@ -102,10 +102,20 @@ impl RngProcessor {
 fn getrandom(buf: &mut [u8]) -> io::Result<()> {
     let mut filled = 0;
     while let Some(rest) = buf.get_mut(filled..).filter(|rest| !rest.is_empty()) {
+        // The system call itself, not libc's getrandom(): the Rust standard
+        // library declares that symbol weak, and in the LTO'd static musl
+        // binary the merged weak reference stayed unresolved, so the call
+        // jumped to address 0 (the rng worker died with SIGSEGV).
         // SAFETY: the kernel writes at most `rest.len()` bytes into `rest`,
         // which is a valid, exclusively borrowed buffer.
-        let ret =
-            unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), libc::GRND_INSECURE) };
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_getrandom,
+                rest.as_mut_ptr(),
+                rest.len(),
+                libc::GRND_INSECURE,
+            )
+        };
         if ret < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
@@ -113,7 +123,7 @@ fn getrandom(buf: &mut [u8]) -> io::Result<()> {
             }
             return Err(err);
         }
-        filled += ret as usize;
+        filled += usize::try_from(ret).unwrap_or(0);
     }
     Ok(())
 }
