@@ -21,8 +21,11 @@
 //! `DEVICE_NEEDS_RESET` plus a configuration-change interrupt, and that
 //! device stops processing until the driver resets it. Malformed single
 //! requests only fail that request (`VIRTIO_BLK_S_IOERR`, dropped frame).
-//! Work per wake-up is bounded (`queue::MAX_CHAINS_PER_EVENT`) so a
-//! guest that keeps refilling a queue cannot starve a reset.
+//! Work per wake-up is bounded, in chains (`queue::MAX_CHAINS_PER_EVENT`)
+//! and in bytes (`queue::MAX_BYTES_PER_EVENT`); a worker with work left
+//! re-arms its own notifier, and commands are handled before queues, so a
+//! guest that keeps refilling a queue cannot starve a reset or a stop.
+//! Every log line a guest can cause goes through a `Complaints` limit.
 //!
 //! The notify eventfds may also be registered as KVM ioeventfds
 //! (address `base + 0x50`, 4 bytes, datamatch = queue index; see
@@ -60,6 +63,9 @@ mod worker;
 pub mod test_support;
 
 pub use block::Block;
+#[cfg(test)]
+pub(crate) use complaints::test_log as complaints_test_log;
+pub(crate) use complaints::Complaints;
 pub use mmio::MmioTransport;
 pub use net::Net;
 pub use queue::QueueContext;
