@@ -10,6 +10,7 @@ use hvcontract::VmmExit;
 use crate::arch::x86_64::acpi::S5_SLP_TYP;
 use crate::devices::bus::BusDevice;
 use crate::devices::irq::LevelIrq;
+use crate::devices::virtio::Complaints;
 use crate::exit::ExitHandle;
 
 /// Offsets within the 6-byte block: PM1a_STS, PM1a_EN (event block, 4
@@ -31,6 +32,8 @@ pub struct AcpiPm {
     regs: [u16; 3],
     sci: Box<dyn LevelIrq>,
     exit: Arc<ExitHandle>,
+    /// The guest can ask for an unsupported sleep state in a loop.
+    complaints: Complaints,
 }
 
 impl AcpiPm {
@@ -40,6 +43,7 @@ impl AcpiPm {
             regs: [0, 0, SCI_EN],
             sci,
             exit,
+            complaints: Complaints::new("acpi"),
         }
     }
 
@@ -74,7 +78,9 @@ impl AcpiPm {
         if typ == u16::from(S5_SLP_TYP) {
             self.exit.request(VmmExit::PoweredOff);
         } else {
-            log::warn!("acpi: guest asked for unsupported sleep type {typ}; ignored");
+            self.complaints.warn(format_args!(
+                "guest asked for unsupported sleep type {typ}; ignored"
+            ));
         }
     }
 }
@@ -170,6 +176,19 @@ mod tests {
         dev.write(CNT as u64, &((3 << SLP_TYP_SHIFT) | SLP_EN).to_le_bytes());
         assert_eq!(exit.reason(), None);
         assert_eq!(read16(&mut dev, CNT as u64) & SCI_EN, SCI_EN);
+    }
+
+    #[test]
+    fn a_sleep_request_flood_logs_a_bounded_number_of_lines() {
+        use crate::devices::virtio::complaints_test_log::lines_logged_by;
+        let (mut dev, _, exit) = device();
+        let lines = lines_logged_by(|| {
+            for _ in 0..10_000 {
+                dev.write(CNT as u64, &((3 << SLP_TYP_SHIFT) | SLP_EN).to_le_bytes());
+            }
+        });
+        assert!((1..=16).contains(&lines), "{lines} lines logged");
+        assert_eq!(exit.reason(), None);
     }
 
     #[test]
