@@ -47,6 +47,12 @@ pub enum DeviceSourceError {
     DiskParentDir {
         path: String,
     },
+    /// A disk path into a kernel file system (`/proc`, `/sys`) or init's
+    /// own run-time tree (`/run`): never a disk.
+    DiskPseudoFs {
+        path: String,
+        root: &'static str,
+    },
     /// A mount source's `LABEL=`, `PARTLABEL=` or `UUID=` without a value.
     MountNeedsValue {
         source: String,
@@ -73,6 +79,11 @@ impl fmt::Display for DeviceSourceError {
                 "path '{path}' must not contain '..' (use an absolute path such as \
                  /data/web.img, or one inside the definition's directory)"
             ),
+            DeviceSourceError::DiskPseudoFs { path, root } => write!(
+                f,
+                "path '{path}' is under {root}, which holds no disks (a disk is a block device \
+                 or a file beneath a [[mount]] target of host.toml, such as /data/web.img)"
+            ),
             DeviceSourceError::MountNeedsValue { source } => {
                 write!(f, "source '{source}' needs a value after '='")
             }
@@ -92,6 +103,9 @@ impl fmt::Display for DeviceSourceError {
 impl std::error::Error for DeviceSourceError {}
 
 const LABEL: &str = "LABEL=";
+/// Trees that never hold a guest's disk: the kernel's proc and sysfs, and
+/// init's run-time files (other guests' console logs, the jails).
+const DISK_FREE_ROOTS: [&str; 3] = ["/proc", "/sys", "/run"];
 const PARTLABEL: &str = "PARTLABEL=";
 const UUID: &str = "UUID=";
 
@@ -134,7 +148,13 @@ impl DeviceSource {
                     path: text.to_string(),
                 })
             }
-            Context::Disk => Ok(DeviceSource::Path(path.to_path_buf())),
+            Context::Disk => match DISK_FREE_ROOTS.iter().find(|r| path.starts_with(r)) {
+                Some(root) => Err(DeviceSourceError::DiskPseudoFs {
+                    path: text.to_string(),
+                    root,
+                }),
+                None => Ok(DeviceSource::Path(path.to_path_buf())),
+            },
             Context::Mount => {
                 let clean = path
                     .components()
@@ -237,6 +257,19 @@ mod tests {
             DeviceSource::Path("images/a.img".into())
         );
         assert!(err("../dev/sda", Context::Disk).contains("must not contain '..'"));
+        for bad in ["/run/hv/guests/b/console.log", "/sys/block/sda/size", "/proc/kcore"] {
+            assert!(err(bad, Context::Disk).contains("which holds no disks"), "{bad}");
+        }
+        assert_eq!(
+            err("/proc/self/fd/3", Context::Disk),
+            "path '/proc/self/fd/3' is under /proc, which holds no disks (a disk is a block \
+             device or a file beneath a [[mount]] target of host.toml, such as /data/web.img)"
+        );
+        // Path::starts_with compares components: /running is not /run.
+        assert_eq!(
+            ok("/running/x.img", Context::Disk),
+            DeviceSource::Path("/running/x.img".into())
+        );
         assert_eq!(
             ok("/dev//sdb1", Context::Mount),
             DeviceSource::Path("/dev/sdb1".into())
