@@ -285,6 +285,7 @@ impl Init {
             cgroup_base: self.cgroup_base.as_deref(),
             boot_medium: &self.host_state.boot_medium,
             devices: &mut self.devices,
+            data_mounts: &self.host_state.data_mounts,
             shutdown_timeout_s: self.host.shutdown_timeout_s,
             now,
         };

@@ -2,13 +2,13 @@
 //! pipes and log, and how its vmm is started: jailed ([`jail`]) and
 //! restarted by policy ([`supervisor`]).
 
+pub mod disk;
 pub mod jail;
 pub mod supervisor;
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use hvcontract::Launch;
 
 use self::jail::{Bind, JailSpec};
 use self::supervisor::{Exit, State, Supervisor, Verdict, CRASH_LOOP_FAILURES, CRASH_LOOP_WINDOW};
-use crate::boot::boot_medium::BootMedium;
+use crate::boot::boot_medium::{self, BootMedium};
 use crate::boot::console::{ConsoleLog, ConsoleOut, LineSplitter, CONSOLE_LOG_CAP};
 use crate::boot::logger::Notice;
 use crate::config_source::probe::DeviceCache;
@@ -53,6 +53,8 @@ pub struct StartContext<'a> {
     pub boot_medium: &'a BootMedium,
     /// Block devices for LABEL= and PARTLABEL= disks, scanned once.
     pub devices: &'a mut DeviceCache,
+    /// The mounted `[[mount]]` targets: disk image files live beneath them.
+    pub data_mounts: &'a [PathBuf],
     /// host.toml's shutdown_timeout_s: the vmm must not stop its guest hard
     /// before init would.
     pub shutdown_timeout_s: u32,
@@ -210,59 +212,34 @@ impl Guest {
         Ok(())
     }
 
-    /// Opens disk `i` for the vmm; block devices are opened exclusively
-    /// so a disk cannot be mounted on the host and used by a guest at once.
+    /// Opens disk `i` for the vmm, as [`disk::open`] allows, locked. The
+    /// error names the disk's number, its path and why it was refused.
     fn open_disk(&self, i: usize, ctx: &mut StartContext) -> io::Result<File> {
-        let Some(disk) = self.config.disks.get(i) else {
+        let Some(d) = self.config.disks.get(i) else {
             return Err(io::Error::other("no such disk"));
         };
-        let path: PathBuf = match &disk.path {
-            // Opened as written: what it names is checked by device number.
+        let path: PathBuf = match &d.path {
             DiskSource::Path(p) => p.clone(),
             named => self.find_disk(named, ctx)?,
         };
-        let on_boot_medium = |meta: &fs::Metadata| {
-            let refused = !disk.read_only && ctx.boot_medium.holds_node(meta);
-            (!refused).then_some(()).ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!(
-                        "{}: disk {} ({}) is on the boot medium, which is never written; \
-                         only read_only = true is allowed",
-                        self.config.file.display(),
-                        i + 1,
-                        path.display()
-                    ),
-                )
-            })
+        let mountinfo = fs::read_to_string(boot_medium::MOUNTINFO).unwrap_or_default();
+        let rules = disk::Rules {
+            boot_medium: ctx.boot_medium,
+            data_mounts: ctx.data_mounts,
+            mountinfo: &mountinfo,
+            sys: Path::new(boot_medium::SYS_DIR),
         };
-        // Checked before opening too, so the boot medium's mounted config
-        // partition is named as such rather than as busy (O_EXCL).
-        let meta = fs::metadata(&path);
-        if let Ok(meta) = &meta {
-            on_boot_medium(meta)?;
-        }
-        let is_block = meta.is_ok_and(|m| m.file_type().is_block_device());
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!disk.read_only)
-            .custom_flags(if is_block && !disk.read_only {
-                libc::O_EXCL
-            } else {
-                0
-            })
-            .open(&path)
-            .map_err(|e| {
-                let hint = if e.raw_os_error() == Some(libc::EBUSY) {
-                    " (in use: mounted on the host or given to another guest)"
-                } else {
-                    ""
-                };
-                io::Error::new(e.kind(), format!("disk {}: {e}{hint}", path.display()))
-            })?;
-        // What was opened decides, whatever the path went through.
-        on_boot_medium(&file.metadata()?)?;
-        Ok(file)
+        disk::open(&path, d.read_only, &rules).map_err(|e| {
+            let kind = match e {
+                disk::DiskError::Open { ref error, .. } => error.kind(),
+                _ => io::ErrorKind::PermissionDenied,
+            };
+            let named = match &d.path {
+                DiskSource::Path(_) => String::new(),
+                spec => format!(" ({spec})"),
+            };
+            io::Error::new(kind, format!("disk {}{named} refused: {e}", i + 1))
+        })
     }
 
     fn find_disk(&self, spec: &DiskSource, ctx: &mut StartContext) -> io::Result<PathBuf> {
@@ -459,6 +436,7 @@ mod tests {
             cgroup_base: None,
             boot_medium: boot,
             devices: &mut devices,
+            data_mounts: &[],
             shutdown_timeout_s: 30,
             now: Instant::now(),
         };
@@ -471,27 +449,29 @@ mod tests {
         let boot = lo.as_boot_medium();
         let name = lo.node.file_name().expect("name");
         let detour = Path::new("/dev/../dev").join(name);
-        // As a relative disk path resolves: from the guests directory of
-        // a config partition up to / and down into /dev.
-        let cfg = tempfile::tempdir().expect("tempdir");
-        let mut relative = cfg.path().join("guests");
-        fs::create_dir(&relative).expect("mkdir");
-        for _ in 1..relative.components().count() {
-            relative.push("..");
-        }
-        let relative = relative.join("dev").join(name);
-        for path in [&lo.node, &detour, &relative] {
+        for path in [&lo.node, &detour] {
             let err = open(&guest_with_disk(path, false), &boot).expect_err("refused");
             assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
             assert_eq!(
                 err.to_string(),
                 format!(
-                    "/cfg/guests/web.toml: disk 1 ({}) is on the boot medium, which is never \
-                     written; only read_only = true is allowed",
+                    "disk 1 refused: {}: is on the boot medium, which is never written; only \
+                     read_only = true is allowed",
                     path.display()
                 )
             );
         }
+        // As a relative path would resolve from a config partition's
+        // guests directory: never opened at all.
+        let relative = Path::new("..").join("..").join("dev").join(name);
+        let err = open(&guest_with_disk(&relative, false), &boot).expect_err("relative");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "disk 1 refused: {}: not an absolute path",
+                relative.display()
+            )
+        );
         open(&guest_with_disk(&detour, true), &boot).expect("read-only is fine");
         open(&guest_with_disk(&detour, false), &BootMedium::default()).expect("another disk");
     }
