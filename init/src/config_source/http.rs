@@ -260,7 +260,7 @@ fn read_head<R: BufRead>(r: &mut R) -> Result<Head, Error> {
         let mut buf = Vec::new();
         loop {
             let start = buf.len();
-            read_line(r, &mut buf, MAX_HEAD.saturating_sub(start).max(1)).map_err(|e| match e {
+            read_line(r, &mut buf, MAX_HEAD.saturating_sub(start)).map_err(|e| match e {
                 Error::BadResponse(_) => bad("response head larger than 16 KiB"),
                 e => e,
             })?;

@@ -221,13 +221,17 @@ fn split_authority(authority: &str) -> Result<(&str, u16), AuthorityError> {
     Ok((host, port))
 }
 
-/// Decodes `%XX` escapes. Escaped `/` and NUL are refused: they would
-/// change the meaning of the path once it names a local file.
+/// Decodes `%XX` escapes. Escaped `/` and NUL, and raw NUL (which only
+/// `resolve` lets through), are refused: they would change the meaning
+/// of the path once it names a local file.
 fn percent_decode(text: &str) -> Result<String, PathError> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
+        if b == 0 {
+            return Err(PathError::Forbidden(0));
+        }
         if b != b'%' {
             out.push(b);
             i += 1;
@@ -308,17 +312,6 @@ impl Mirror {
     /// inside the copy: absolute paths elsewhere cannot be fetched.
     pub fn url_of(&self, local: &Path) -> Result<HttpUrl, UrlError> {
         let outside = || UrlError::Outside(local.to_path_buf());
-        let mut parts: Vec<&str> = Vec::new();
-        for c in local.components() {
-            match c {
-                Component::RootDir | Component::CurDir => {}
-                Component::ParentDir => {
-                    parts.pop().ok_or_else(outside)?;
-                }
-                Component::Normal(s) => parts.push(s.to_str().ok_or_else(outside)?),
-                Component::Prefix(_) => return Err(outside()),
-            }
-        }
         let root: Vec<&str> = self
             .root
             .components()
@@ -327,6 +320,28 @@ impl Mirror {
                 _ => None,
             })
             .collect();
+        let mut parts: Vec<&str> = Vec::new();
+        for c in local.components() {
+            match c {
+                Component::RootDir | Component::CurDir => {}
+                Component::ParentDir => {
+                    parts.pop().ok_or_else(outside)?;
+                }
+                // A NUL names no file, and no URL `parse` would accept.
+                Component::Normal(s) => parts.push(
+                    s.to_str()
+                        .filter(|s| !s.contains('\0'))
+                        .ok_or_else(outside)?,
+                ),
+                Component::Prefix(_) => return Err(outside()),
+            }
+            // Every directory on the way is the root's ancestor or inside
+            // it: the vmm opens (and fetching creates) the path as written,
+            // so `config/../../tmp/x/../../hv/config/k` would visit /tmp/x.
+            if !(parts.starts_with(&root) || root.starts_with(&parts)) {
+                return Err(outside());
+            }
+        }
         let rest = parts.strip_prefix(root.as_slice()).ok_or_else(outside)?;
         if rest.is_empty() {
             return Err(outside());
