@@ -618,3 +618,8 @@ mod tests {
         assert_eq!(status(503).to_string(), "HTTP 503");
     }
 }
+
+/// Seeded fuzzing of the parsers above (see `fuzz_tests`).
+#[cfg(test)]
+#[path = "fuzz_tests/http.rs"]
+mod fuzz;

@@ -7,6 +7,8 @@
 
 pub mod fetch;
 pub mod fetch_thread;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod http;
 pub mod partition;
 pub mod probe;
