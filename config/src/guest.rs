@@ -4,8 +4,9 @@ use std::fmt;
 use std::fs;
 use std::io;
 use std::os::unix::fs::FileTypeExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
+use crate::device::{Context, DeviceSource};
 use crate::error::{ConfigError, Position, Source};
 use crate::fields::{parse_document, Fields, Str};
 use crate::mac::MacAddr;
@@ -73,27 +74,9 @@ pub struct Disk {
     pub read_only: bool,
 }
 
-/// Where a disk's data lives. Labels are resolved by init on the host,
-/// which knows the block devices; the VMM only ever opens a path or an fd.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum DiskSource {
-    /// A regular file or a block device.
-    Path(PathBuf),
-    /// `LABEL=x`: the file system label of a host partition.
-    Label(String),
-    /// `PARTLABEL=x`: the GPT partition name of a host partition.
-    PartLabel(String),
-}
-
-impl fmt::Display for DiskSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DiskSource::Path(p) => write!(f, "{}", p.display()),
-            DiskSource::Label(l) => write!(f, "LABEL={l}"),
-            DiskSource::PartLabel(l) => write!(f, "PARTLABEL={l}"),
-        }
-    }
-}
+/// Where a disk's data lives: a path, `LABEL=` or `PARTLABEL=` (see
+/// [`DeviceSource`]; disks refuse `UUID=`). The name the vmm knows it by.
+pub use crate::device::DeviceSource as DiskSource;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Net {
@@ -376,7 +359,9 @@ fn disks(root: &Fields<'_, '_, '_>, base: &Path) -> Result<Vec<Disk>, ConfigErro
         path_value(&f, "path", &p)?;
         let path = disk_source(&f, &p, base)?;
         if let Some(j) = disks.iter().position(|d| d.path == path) {
-            let line = Position::of_offset(src.text, header_starts[j]).line;
+            let line = header_starts
+                .get(j)
+                .map_or(1, |&start| Position::of_offset(src.text, start).line);
             return Err(src.error_at(
                 p.span,
                 format!(
@@ -399,42 +384,10 @@ fn disk_source(
     p: &Str<'_>,
     base: &Path,
 ) -> Result<DiskSource, ConfigError> {
-    let labelled = |prefix: &str, make: fn(String) -> DiskSource| {
-        let label = &p.value[prefix.len()..];
-        if label.is_empty() {
-            Err(f.source().error_at(
-                p.span.clone(),
-                format!("path '{prefix}' needs a label after '='"),
-            ))
-        } else {
-            Ok(make(label.to_string()))
-        }
-    };
-    if p.value.starts_with("LABEL=") {
-        labelled("LABEL=", DiskSource::Label)
-    } else if p.value.starts_with("PARTLABEL=") {
-        labelled("PARTLABEL=", DiskSource::PartLabel)
-    } else if p.value.starts_with("UUID=") || p.value.starts_with("PARTUUID=") {
-        Err(f.source().error_at(
-            p.span.clone(),
-            "disks cannot be chosen by UUID (allowed: a path, LABEL=x or PARTLABEL=x)",
-        ))
-    } else if Path::new(p.value)
-        .components()
-        .any(|c| c == Component::ParentDir)
-    {
-        // A disk is opened writable: '..' could climb from the config
-        // partition to /dev and name the boot medium itself.
-        Err(f.source().error_at(
-            p.span.clone(),
-            format!(
-                "path '{}' must not contain '..' (use an absolute path such as \
-                 /data/web.img, or one inside the definition's directory)",
-                p.value
-            ),
-        ))
-    } else {
-        Ok(DiskSource::Path(base.join(p.value)))
+    match DeviceSource::parse(p.value, Context::Disk) {
+        Ok(DeviceSource::Path(path)) => Ok(DeviceSource::Path(base.join(path))),
+        Ok(other) => Ok(other),
+        Err(e) => Err(f.source().error_at(p.span.clone(), e.to_string())),
     }
 }
 

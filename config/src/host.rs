@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 
+use crate::device::{Context, DeviceSource};
 use crate::error::{ConfigError, Source};
 use crate::fields::{parse_document, Fields, Str};
 use crate::guest::GuestConfig;
@@ -89,24 +90,62 @@ impl fmt::Display for IpCidr {
     }
 }
 
+/// Why an interface address was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IpCidrError {
+    NoPrefix,
+    NotAnAddress(String),
+    BadPrefix {
+        prefix: String,
+        max: u8,
+    },
+    NotAnInterfaceAddress(IpAddr),
+    NetworkOrBroadcast {
+        addr: std::net::Ipv4Addr,
+        prefix_len: u8,
+    },
+}
+
+impl fmt::Display for IpCidrError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IpCidrError::NoPrefix => f.write_str("expected ADDRESS/PREFIX, e.g. 10.0.0.2/24"),
+            IpCidrError::NotAnAddress(a) => write!(f, "'{a}' is not an IPv4 or IPv6 address"),
+            IpCidrError::BadPrefix { prefix, max } => {
+                write!(f, "prefix length '{prefix}' is not in 1..={max}")
+            }
+            IpCidrError::NotAnInterfaceAddress(a) => {
+                write!(f, "{a} cannot be an interface address")
+            }
+            IpCidrError::NetworkOrBroadcast { addr, prefix_len } => write!(
+                f,
+                "{addr} is the network or broadcast address of its /{prefix_len} subnet"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for IpCidrError {}
+
 impl FromStr for IpCidr {
-    type Err = String;
+    type Err = IpCidrError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, prefix) = s
-            .split_once('/')
-            .ok_or("expected ADDRESS/PREFIX, e.g. 10.0.0.2/24")?;
+        let (addr, prefix) = s.split_once('/').ok_or(IpCidrError::NoPrefix)?;
         let addr: IpAddr = addr
             .parse()
-            .map_err(|_| format!("'{addr}' is not an IPv4 or IPv6 address"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
+            .map_err(|_| IpCidrError::NotAnAddress(addr.to_string()))?;
+        let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
         let prefix_len = prefix
             .parse::<u8>()
             .ok()
             .filter(|p| (1..=max).contains(p) && !prefix.starts_with('+'))
-            .ok_or_else(|| format!("prefix length '{prefix}' is not in 1..={max}"))?;
+            .ok_or_else(|| IpCidrError::BadPrefix {
+                prefix: prefix.to_string(),
+                max,
+            })?;
         if addr.is_unspecified() || addr.is_multicast() {
-            return Err(format!("{addr} cannot be an interface address"));
+            return Err(IpCidrError::NotAnInterfaceAddress(addr));
         }
         if let IpAddr::V4(v4) = addr {
             // /31 and /32 have no network or broadcast address.
@@ -114,9 +153,10 @@ impl FromStr for IpCidr {
                 let host_mask = u32::MAX >> prefix_len;
                 let host = u32::from(v4) & host_mask;
                 if host == 0 || host == host_mask {
-                    return Err(format!(
-                        "{v4} is the network or broadcast address of its /{prefix_len} subnet"
-                    ));
+                    return Err(IpCidrError::NetworkOrBroadcast {
+                        addr: v4,
+                        prefix_len,
+                    });
                 }
             }
         }
@@ -126,34 +166,12 @@ impl FromStr for IpCidr {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mount {
-    pub source: MountSource,
+    /// `LABEL=`, `PARTLABEL=`, `UUID=` or a `/dev/...` path.
+    pub source: DeviceSource,
     /// Absolute and normalised (no trailing '/', no '.' or '..').
     pub target: PathBuf,
     /// None: let init detect the file system.
     pub fstype: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MountSource {
-    /// `LABEL=x`: file system label.
-    Label(String),
-    /// `PARTLABEL=x`: GPT partition name.
-    PartLabel(String),
-    /// `UUID=x`: file system UUID.
-    Uuid(String),
-    /// An absolute path under /dev.
-    Device(PathBuf),
-}
-
-impl fmt::Display for MountSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            MountSource::Label(l) => write!(f, "LABEL={l}"),
-            MountSource::PartLabel(l) => write!(f, "PARTLABEL={l}"),
-            MountSource::Uuid(u) => write!(f, "UUID={u}"),
-            MountSource::Device(p) => write!(f, "{}", p.display()),
-        }
-    }
 }
 
 impl HostConfig {
@@ -391,11 +409,13 @@ fn mounts(root: &Fields<'_, '_, '_>) -> Result<Vec<Mount>, ConfigError> {
         let s = f
             .string("source")?
             .ok_or_else(|| f.missing("source", "LABEL=x, PARTLABEL=x, UUID=x or /dev/..."))?;
-        let source = mount_source(&s).map_err(|m| src.error_at(s.span.clone(), m))?;
+        let source = DeviceSource::parse(s.value, Context::Mount)
+            .map_err(|e| src.error_at(s.span.clone(), e.to_string()))?;
         let t = f
             .string("target")?
             .ok_or_else(|| f.missing("target", "the absolute directory to mount on"))?;
-        let target = mount_target(t.value).map_err(|m| src.error_at(t.span.clone(), m))?;
+        let target =
+            mount_target(t.value).map_err(|e| src.error_at(t.span.clone(), e.to_string()))?;
         if mounts.iter().any(|m| m.target == target) {
             return Err(src.error_at(
                 t.span,
@@ -428,52 +448,44 @@ fn mounts(root: &Fields<'_, '_, '_>) -> Result<Vec<Mount>, ConfigError> {
     Ok(mounts)
 }
 
-fn mount_source(s: &Str<'_>) -> Result<MountSource, String> {
-    let v = s.value;
-    type Make = fn(String) -> MountSource;
-    let tagged: [(&str, Make); 3] = [
-        ("LABEL=", MountSource::Label),
-        ("PARTLABEL=", MountSource::PartLabel),
-        ("UUID=", MountSource::Uuid),
-    ];
-    for (prefix, make) in tagged {
-        if let Some(rest) = v.strip_prefix(prefix) {
-            if rest.is_empty() || rest.contains('\0') {
-                return Err(format!("source '{v}' needs a value after '='"));
+/// Why a mount target was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum TargetError {
+    NotAbsolute(String),
+    DotOrDotDot(String),
+    OutsideMountRoot(String),
+}
+
+impl fmt::Display for TargetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetError::NotAbsolute(v) => {
+                write!(f, "target '{v}' must be an absolute path, e.g. /data")
             }
-            return Ok(make(rest.to_string()));
+            TargetError::DotOrDotDot(v) => write!(f, "target '{v}' must not contain '.' or '..'"),
+            TargetError::OutsideMountRoot(v) => write!(
+                f,
+                "target '{v}' must be {MOUNT_ROOT} or a directory inside it \
+                 (the rest of the file system is the host's own)"
+            ),
         }
-    }
-    let path = Path::new(v);
-    let clean = path
-        .components()
-        .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
-    if v.starts_with("/dev/") && v.len() > 5 && clean && !v.contains('\0') {
-        Ok(MountSource::Device(path.components().collect()))
-    } else {
-        Err(format!(
-            "source '{v}' is not a device (allowed: LABEL=x, PARTLABEL=x, UUID=x or an absolute /dev/... path)"
-        ))
     }
 }
 
-fn mount_target(v: &str) -> Result<PathBuf, String> {
+fn mount_target(v: &str) -> Result<PathBuf, TargetError> {
     let path = Path::new(v);
     if !path.is_absolute() || v.contains('\0') {
-        return Err(format!("target '{v}' must be an absolute path, e.g. /data"));
+        return Err(TargetError::NotAbsolute(v.to_string()));
     }
     if !path
         .components()
         .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
     {
-        return Err(format!("target '{v}' must not contain '.' or '..'"));
+        return Err(TargetError::DotOrDotDot(v.to_string()));
     }
     let normal: PathBuf = path.components().collect();
     if !normal.starts_with(MOUNT_ROOT) {
-        return Err(format!(
-            "target '{v}' must be {MOUNT_ROOT} or a directory inside it \
-             (the rest of the file system is the host's own)"
-        ));
+        return Err(TargetError::OutsideMountRoot(v.to_string()));
     }
     Ok(normal)
 }

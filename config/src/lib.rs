@@ -6,6 +6,10 @@
 //! [`ConfigError`] naming the file, line and column, and what is allowed.
 //! The formats are documented in this crate's README.md.
 
+// Linked into PID 1 and the vmm, which must not panic on what they read.
+#![warn(clippy::indexing_slicing)]
+
+pub mod device;
 mod error;
 mod fields;
 pub mod guest;
@@ -17,6 +21,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::Path;
 
+pub use device::DeviceSource;
 pub use error::{ConfigError, Position};
 pub use guest::GuestConfig;
 pub use host::HostConfig;
@@ -128,7 +133,10 @@ fn read_text(path: &Path) -> Result<String, ConfigError> {
         )));
     }
     String::from_utf8(bytes).map_err(|e| {
-        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let valid = e
+            .as_bytes()
+            .get(..e.utf8_error().valid_up_to())
+            .unwrap_or_default();
         // The valid prefix is UTF-8 by definition, so this never falls back.
         let prefix = std::str::from_utf8(valid).unwrap_or("");
         let at = Position::of_offset(strip_bom(prefix), strip_bom(prefix).len());

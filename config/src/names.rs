@@ -9,7 +9,7 @@ pub const GUEST_NAME_RULE: &str =
 pub fn valid_guest_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     (1..=32).contains(&bytes.len())
-        && bytes[0] != b'-'
+        && bytes.first() != Some(&b'-')
         && bytes
             .iter()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')

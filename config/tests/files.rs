@@ -1,5 +1,10 @@
 //! Reading definitions from disk: check_files, load_*, load_guests_dir.
 
+// The scratch-directory helpers unwrap outside #[test] functions, which
+// clippy.toml's allow-unwrap-in-tests does not cover: a panic here is a
+// failed test all the same.
+#![allow(clippy::unwrap_used)]
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -7,27 +12,23 @@ use hvconfig::guest::DiskSource;
 use hvconfig::{load_guest, load_guests_dir, load_host, load_host_or_default, HostConfig};
 
 /// A scratch directory removed when the test ends.
-struct Scratch(PathBuf);
+struct Scratch(tempfile::TempDir);
 
 impl Scratch {
     fn new(test: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("hvconfig-{}-{test}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
+        let prefix = format!("hvconfig-{test}-");
+        Scratch(tempfile::Builder::new().prefix(&prefix).tempdir().unwrap())
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
     }
 
     fn write(&self, rel: &str, contents: impl AsRef<[u8]>) -> PathBuf {
-        let path = self.0.join(rel);
+        let path = self.path().join(rel);
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(&path, contents).unwrap();
         path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }
 
@@ -40,7 +41,7 @@ fn check_files_accepts_present_files_and_names_missing_ones() {
          [[disk]]\npath = \"web/disk.img\"\n[[disk]]\npath = \"LABEL=absent\"\n",
     );
     let g = load_guest(&def).unwrap();
-    assert_eq!(g.boot.kernel, s.0.join("guests/web/bzImage"));
+    assert_eq!(g.boot.kernel, s.path().join("guests/web/bzImage"));
     assert_eq!(g.file, def);
 
     let e = g.check_files().unwrap_err();
@@ -49,7 +50,7 @@ fn check_files_accepts_present_files_and_names_missing_ones() {
         format!(
             "{}: kernel {}/guests/web/bzImage: no such file",
             def.display(),
-            s.0.display()
+            s.path().display()
         )
     );
     assert_eq!(e.file(), def.as_path());
@@ -65,7 +66,7 @@ fn check_files_accepts_present_files_and_names_missing_ones() {
     assert!(e.ends_with("initrd.img: file is empty"), "{e}");
 
     s.write("guests/web/initrd.img", "cpio");
-    fs::create_dir_all(s.0.join("guests/web/disk.img")).unwrap();
+    fs::create_dir_all(s.path().join("guests/web/disk.img")).unwrap();
     let e = g.check_files().unwrap_err().to_string();
     assert!(
         e.ends_with("disk.img: is a directory, expected a regular file or a block device"),
@@ -73,7 +74,7 @@ fn check_files_accepts_present_files_and_names_missing_ones() {
     );
     assert!(e.contains(": disk 1 "), "{e}");
 
-    fs::remove_dir(s.0.join("guests/web/disk.img")).unwrap();
+    fs::remove_dir(s.path().join("guests/web/disk.img")).unwrap();
     s.write("guests/web/disk.img", vec![0u8; 4096]);
     // Labels are init's business: not checked here.
     assert_eq!(g.disks[1].path, DiskSource::Label("absent".into()));
@@ -95,7 +96,7 @@ fn check_files_rejects_devices_that_are_not_files() {
 #[test]
 fn load_errors_name_the_file() {
     let s = Scratch::new("load");
-    let missing = s.0.join("guests/none.toml");
+    let missing = s.path().join("guests/none.toml");
     let e = load_guest(&missing).unwrap_err().to_string();
     assert!(
         e.starts_with(&format!("{}: cannot open: ", missing.display())),
@@ -130,11 +131,13 @@ fn load_errors_name_the_file() {
     );
     let h = load_host(&host).unwrap();
     assert_eq!((h.hostname.as_str(), h.shutdown_timeout_s), ("box", 5));
-    let e = load_host(&s.0.join("nope.toml")).unwrap_err().to_string();
+    let e = load_host(&s.path().join("nope.toml"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("nope.toml: cannot open: "), "{e}");
 
     assert_eq!(
-        load_host_or_default(&s.0.join("nope.toml")),
+        load_host_or_default(&s.path().join("nope.toml")),
         Ok(HostConfig::default())
     );
     assert_eq!(load_host_or_default(&host).unwrap().hostname, "box");
@@ -157,10 +160,10 @@ fn guests_dir_loads_each_definition_on_its_own_sorted_by_name() {
     s.write("guests/README.txt", "not a definition");
     s.write("guests/._web.toml", b"\x00\x05\x16\x07 macOS resource fork");
     s.write("guests/.hidden.toml", ok);
-    fs::create_dir_all(s.0.join("guests/dir.toml")).unwrap();
+    fs::create_dir_all(s.path().join("guests/dir.toml")).unwrap();
     s.write("guests/web/bzImage", "k");
 
-    let results = load_guests_dir(&s.0.join("guests"));
+    let results = load_guests_dir(&s.path().join("guests"));
     let summary: Vec<String> = results
         .iter()
         .map(|r| match r {
@@ -181,7 +184,7 @@ fn guests_dir_loads_each_definition_on_its_own_sorted_by_name() {
     );
     assert_eq!(
         results[3].as_ref().unwrap().boot.kernel,
-        s.0.join("guests/k")
+        s.path().join("guests/k")
     );
 }
 

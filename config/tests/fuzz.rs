@@ -75,7 +75,12 @@ impl Rng {
     }
 
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        // The remainder is below `n`, so it fits a usize again.
+        usize::try_from(self.next() % n.max(1) as u64).unwrap_or(0)
+    }
+
+    fn byte(&mut self) -> u8 {
+        self.next().to_le_bytes()[0]
     }
 }
 
@@ -102,7 +107,7 @@ fn mutate(rng: &mut Rng, input: &mut Vec<u8>) {
                 input.splice(at..at, chunk);
             }
             4 => input.truncate(at),
-            _ => input.insert(at, rng.next() as u8),
+            _ => input.insert(at, rng.byte()),
         }
     }
 }
@@ -132,7 +137,7 @@ fn random_bytes_never_panic() {
                 // Mostly printable TOML-ish bytes, so UTF-8 decoding passes.
                 let b = ALPHABET[rng.below(ALPHABET.len())];
                 if rng.below(50) == 0 {
-                    rng.next() as u8
+                    rng.byte()
                 } else {
                     b
                 }

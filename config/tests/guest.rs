@@ -368,6 +368,20 @@ fn bad_values_are_explained() {
             )
         );
     }
+    for (path, root) in [
+        ("/run/hv/guests/other/console.log", "/run"),
+        ("/sys/class/block/sda/size", "/sys"),
+        ("/proc/self/mem", "/proc"),
+    ] {
+        assert_eq!(
+            err(&format!("{k}[[disk]]\npath = \"{path}\"\n")),
+            format!(
+                "guests/web.toml:4:8: path '{path}' is under {root}, which holds no disks (a \
+                 disk is a block device or a file beneath a [[mount]] target of host.toml, \
+                 such as /data/web.img)"
+            )
+        );
+    }
     let mut text = k.to_string();
     for i in 0..17 {
         text.push_str(&format!("[[disk]]\npath = \"d{i}.img\"\n"));

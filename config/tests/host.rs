@@ -3,7 +3,8 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use hvconfig::host::{Bridge, IpCidr, Mount, MountSource};
+use hvconfig::host::{Bridge, IpCidr, Mount};
+use hvconfig::DeviceSource;
 use hvconfig::{parse_guest, parse_host, HostConfig};
 
 fn parse(text: &str) -> HostConfig {
@@ -92,22 +93,22 @@ fn full_example_parses_with_every_field() {
             ],
             mounts: vec![
                 Mount {
-                    source: MountSource::Label("vmdata".into()),
+                    source: DeviceSource::Label("vmdata".into()),
                     target: "/data".into(),
                     fstype: Some("ext4".into()),
                 },
                 Mount {
-                    source: MountSource::Device("/dev/sda3".into()),
+                    source: DeviceSource::Path("/dev/sda3".into()),
                     target: "/data/images".into(),
                     fstype: None,
                 },
                 Mount {
-                    source: MountSource::Uuid("0a1b2c3d".into()),
+                    source: DeviceSource::Uuid("0a1b2c3d".into()),
                     target: "/data/var/lib/x".into(),
                     fstype: None,
                 },
                 Mount {
-                    source: MountSource::PartLabel("scratch".into()),
+                    source: DeviceSource::PartLabel("scratch".into()),
                     target: "/data/scratch".into(),
                     fstype: None,
                 },

@@ -1,21 +1,22 @@
 //! `hv-image build`: turns the input files into every output in `--out`.
 
 use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::budget::{self, MIB};
+use crate::budget::{self, BudgetError, OverBudget, MIB};
 use crate::checksums;
 use crate::cli::BuildArgs;
 use crate::disk::{
-    self, Partition, BASIC_DATA_TYPE, BOOT_CODE_SIZE, ESP_TYPE, LEGACY_BIOS_BOOTABLE,
+    self, DiskError, Partition, BASIC_DATA_TYPE, BOOT_CODE_SIZE, ESP_TYPE, LEGACY_BIOS_BOOTABLE,
 };
-use crate::epoch::{self, FatClock};
-use crate::fat::{self, FatFile, VolumeSpec};
+use crate::epoch::{self, EpochError};
+use crate::fat::{self, FatClock, FatError, FatFile, VolumeSpec};
 use crate::ids::Ids;
-use crate::initramfs;
-use crate::inputs::{self, Kind};
+use crate::initramfs::{self, InitramfsError};
+use crate::inputs::{self, InputError, Kind};
 use crate::report::{self, SizeReport};
-use crate::syslinux;
+use crate::syslinux::{self, SyslinuxError};
 
 const LOADER_CONF: &str = include_str!("../assets/loader.conf");
 const LOADER_ENTRY: &str = include_str!("../assets/hv.conf");
@@ -50,6 +51,64 @@ pub const PXE_README: &str = "pxe/README.txt";
 pub const SUMS: &str = "SHA256SUMS";
 pub const REPORT: &str = "size-report.json";
 
+/// Why `hv-image build` wrote no image.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
+    #[error(transparent)]
+    Epoch(#[from] EpochError),
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("host initramfs: {0}")]
+    HostInitramfs(#[source] InitramfsError),
+    #[error("example guest initramfs: {0}")]
+    GuestInitramfs(#[source] InitramfsError),
+    #[error(transparent)]
+    Fat(#[from] FatError),
+    #[error("ESP: {0}")]
+    Syslinux(#[from] SyslinuxError),
+    #[error("MBR boot code: wrong size")]
+    BootCodeSize,
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error("size report: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{0}; nothing but {REPORT} was written")]
+    OverBudget(#[source] OverBudget),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+}
+
+/// A file of `--out` that could not be written or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("output directory {}: {error}", .path.display())]
+    Directory {
+        path: PathBuf,
+        #[source]
+        error: io::Error,
+    },
+    #[error("creating {}: {error}", .path.display())]
+    Create {
+        path: PathBuf,
+        #[source]
+        error: io::Error,
+    },
+    #[error("writing {}: {error}", .path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        error: io::Error,
+    },
+    #[error("removing stale {}: {error}", .path.display())]
+    Remove {
+        path: PathBuf,
+        #[source]
+        error: io::Error,
+    },
+}
+
 struct Inputs {
     host_kernel: inputs::Input,
     init: inputs::Input,
@@ -63,7 +122,7 @@ struct Inputs {
 }
 
 impl Inputs {
-    fn read(args: &BuildArgs) -> Result<Self, String> {
+    fn read(args: &BuildArgs) -> Result<Self, InputError> {
         Ok(Inputs {
             host_kernel: inputs::read("host kernel", &args.host_kernel, Kind::EfiStubKernel)?,
             init: inputs::read("init", &args.init, Kind::StaticExecutable)?,
@@ -77,9 +136,9 @@ impl Inputs {
         })
     }
 
-    fn ids(&self, epoch: u64) -> Ids {
+    fn ids(&self, epoch: u32) -> Ids {
         Ids::from_inputs(
-            epoch,
+            u64::from(epoch),
             &[
                 ("host-kernel", &self.host_kernel.data),
                 ("init", &self.init.data),
@@ -98,20 +157,18 @@ impl Inputs {
 /// Builds everything, prints the size report, and writes the outputs. An
 /// image over budget leaves only the size report behind (and removes stale
 /// images from earlier runs) so that nothing downstream can pick it up.
-pub fn build(args: &BuildArgs) -> Result<SizeReport, String> {
+pub fn build(args: &BuildArgs) -> Result<SizeReport, BuildError> {
     let env_budget = std::env::var(budget::ENV_VAR).ok();
     let budget = budget::resolve(args.budget.as_deref(), env_budget.as_deref())?;
     let epoch = epoch::from_env()?;
     let inputs = Inputs::read(args)?;
     let ids = inputs.ids(epoch);
-    // from_env bounds the epoch to 32 bits.
-    let mtime = epoch as u32;
     let clock = FatClock::leak(epoch);
 
-    let host_initrd = initramfs::host(&inputs.init.data, &inputs.vmm.data, mtime)
-        .map_err(|e| format!("host initramfs: {e}"))?;
-    let guest_initrd = initramfs::example_guest(&inputs.busybox.data, mtime)
-        .map_err(|e| format!("example guest initramfs: {e}"))?;
+    let host_initrd = initramfs::host(&inputs.init.data, &inputs.vmm.data, epoch)
+        .map_err(BuildError::HostInitramfs)?;
+    let guest_initrd = initramfs::example_guest(&inputs.busybox.data, epoch)
+        .map_err(BuildError::GuestInitramfs)?;
 
     let mut esp = fat::build(
         &[
@@ -148,8 +205,7 @@ pub fn build(args: &BuildArgs) -> Result<SizeReport, String> {
         },
         clock,
     )?;
-    let bios = syslinux::install(&args.syslinux, &mut esp.bytes, epoch, clock)
-        .map_err(|e| format!("ESP: {e}"))?;
+    let bios = syslinux::install(&args.syslinux, &mut esp.bytes, epoch, clock)?;
     esp.used = bios.used;
     let config = fat::build(
         &[
@@ -185,7 +241,7 @@ pub fn build(args: &BuildArgs) -> Result<SizeReport, String> {
 
     let boot_code: &[u8; BOOT_CODE_SIZE] = inputs.gptmbr.data[..]
         .try_into()
-        .map_err(|_| "MBR boot code: wrong size".to_string())?;
+        .map_err(|_| BuildError::BootCodeSize)?;
     let image = disk::assemble(
         ids.guid("disk"),
         boot_code,
@@ -233,7 +289,7 @@ pub fn build(args: &BuildArgs) -> Result<SizeReport, String> {
     };
 
     let out = Output::new(&args.out)?;
-    let json = serde_json::to_string_pretty(&report.to_json()).map_err(|e| e.to_string())? + "\n";
+    let json = serde_json::to_string_pretty(&report.to_json())? + "\n";
     out.write(REPORT, json.as_bytes())?;
     print!("{report}");
 
@@ -254,7 +310,7 @@ pub fn build(args: &BuildArgs) -> Result<SizeReport, String> {
             out.remove(stale)?;
         }
         out.remove(SUMS)?;
-        return Err(format!("{over}; nothing but {REPORT} was written"));
+        return Err(BuildError::OverBudget(over));
     }
 
     for (path, data) in files {
@@ -272,8 +328,11 @@ struct Output {
 }
 
 impl Output {
-    fn new(dir: &Path) -> Result<Self, String> {
-        fs::create_dir_all(dir).map_err(|e| format!("output directory {}: {e}", dir.display()))?;
+    fn new(dir: &Path) -> Result<Self, OutputError> {
+        fs::create_dir_all(dir).map_err(|error| OutputError::Directory {
+            path: dir.into(),
+            error,
+        })?;
         Ok(Output {
             dir: dir.to_path_buf(),
         })
@@ -283,24 +342,26 @@ impl Output {
         self.dir.join(relative)
     }
 
-    fn write(&self, relative: &str, data: &[u8]) -> Result<(), String> {
+    fn write(&self, relative: &str, data: &[u8]) -> Result<(), OutputError> {
         let path = self.path(relative);
         if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent)
-                .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+            fs::create_dir_all(parent).map_err(|error| OutputError::Create {
+                path: parent.into(),
+                error,
+            })?;
         }
         let mut partial = path.clone().into_os_string();
         partial.push(".partial");
         fs::write(&partial, data)
             .and_then(|_| fs::rename(&partial, &path))
-            .map_err(|e| format!("writing {}: {e}", path.display()))
+            .map_err(|error| OutputError::Write { path, error })
     }
 
-    fn remove(&self, relative: &str) -> Result<(), String> {
+    fn remove(&self, relative: &str) -> Result<(), OutputError> {
         let path = self.path(relative);
         match fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(format!("removing stale {}: {e}", path.display()))
+            Err(error) if error.kind() != io::ErrorKind::NotFound => {
+                Err(OutputError::Remove { path, error })
             }
             _ => Ok(()),
         }

@@ -10,19 +10,64 @@ pub const MIB: u64 = 1024 * 1024;
 /// Environment variable that sets the budget when `--budget` is not given.
 pub const ENV_VAR: &str = "HV_SIZE_BUDGET";
 
+/// A size that [`parse_size`] cannot read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("invalid size {text:?}: expected a number of bytes such as 48M")]
+    NoNumber { text: String },
+    #[error(
+        "invalid size {text:?}: unknown unit {unit:?} (use K, M, G, KiB, MiB, GiB, kB, MB or GB)"
+    )]
+    UnknownUnit { text: String, unit: String },
+    #[error("invalid size {text:?}: number too large")]
+    TooLarge { text: String },
+}
+
+/// A budget that [`resolve`] refuses; `origin` is `--budget` or [`ENV_VAR`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BudgetError {
+    #[error("{origin}: {error}")]
+    Size {
+        origin: &'static str,
+        #[source]
+        error: SizeError,
+    },
+    #[error(
+        "{origin}: budget {budget} bytes ({human}) is above the {HARD_LIMIT} bytes (64 MiB) limit; \
+         the budget can only be lowered, never raised",
+        human = human(*budget)
+    )]
+    AboveLimit { origin: &'static str, budget: u64 },
+    #[error("{origin}: budget must be greater than zero")]
+    Zero { origin: &'static str },
+}
+
+/// An image larger than its budget.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{image} is {total} bytes ({human_total}), over the size budget of {budget} bytes \
+     ({human_budget}) by {over} bytes",
+    human_total = human(*total),
+    human_budget = human(*budget),
+    over = total - budget
+)]
+pub struct OverBudget {
+    pub image: String,
+    pub total: u64,
+    pub budget: u64,
+}
+
 /// Parses a byte count with an optional unit suffix, following dd(1):
 /// `K`/`KiB`, `M`/`MiB`, `G`/`GiB` are powers of 1024, `kB`/`KB`, `MB`, `GB`
 /// powers of 1000; a bare number or `B` is bytes.
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, SizeError> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     if digits.is_empty() {
-        return Err(format!(
-            "invalid size {text:?}: expected a number of bytes such as 48M"
-        ));
+        return Err(SizeError::NoNumber { text: text.into() });
     }
     let multiplier: u64 = match unit.trim() {
         "" | "B" => 1,
@@ -33,52 +78,48 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
         other => {
-            return Err(format!(
-                "invalid size {text:?}: unknown unit {other:?} (use K, M, G, KiB, MiB, GiB, kB, MB or GB)"
-            ))
+            return Err(SizeError::UnknownUnit {
+                text: text.into(),
+                unit: other.into(),
+            })
         }
     };
     digits
         .parse::<u64>()
         .ok()
         .and_then(|n| n.checked_mul(multiplier))
-        .ok_or_else(|| format!("invalid size {text:?}: number too large"))
+        .ok_or_else(|| SizeError::TooLarge { text: text.into() })
 }
 
 /// Picks the budget: `--budget` wins over `HV_SIZE_BUDGET`, which wins over
 /// the hard limit. Returns an error when the requested budget is above the
 /// hard limit, because silently capping it would hide a misconfiguration.
-pub fn resolve(flag: Option<&str>, env: Option<&str>) -> Result<u64, String> {
-    let (source, text) = match (flag, env.filter(|e| !e.trim().is_empty())) {
+pub fn resolve(flag: Option<&str>, env: Option<&str>) -> Result<u64, BudgetError> {
+    let (origin, text) = match (flag, env.filter(|e| !e.trim().is_empty())) {
         (Some(flag), _) => ("--budget", flag),
         (None, Some(env)) => (ENV_VAR, env),
         (None, None) => return Ok(HARD_LIMIT),
     };
-    let budget = parse_size(text).map_err(|e| format!("{source}: {e}"))?;
+    let budget = parse_size(text).map_err(|error| BudgetError::Size { origin, error })?;
     if budget > HARD_LIMIT {
-        return Err(format!(
-            "{source}: budget {budget} bytes ({}) is above the {HARD_LIMIT} bytes (64 MiB) limit; \
-             the budget can only be lowered, never raised",
-            human(budget)
-        ));
+        return Err(BudgetError::AboveLimit { origin, budget });
     }
     if budget == 0 {
-        return Err(format!("{source}: budget must be greater than zero"));
+        return Err(BudgetError::Zero { origin });
     }
     Ok(budget)
 }
 
 /// Fails when the image is larger than the budget, naming both sizes.
-pub fn check(image_name: &str, total: u64, budget: u64) -> Result<(), String> {
+pub fn check(image_name: &str, total: u64, budget: u64) -> Result<(), OverBudget> {
     if total <= budget {
         return Ok(());
     }
-    Err(format!(
-        "{image_name} is {total} bytes ({}), over the size budget of {budget} bytes ({}) by {} bytes",
-        human(total),
-        human(budget),
-        total - budget
-    ))
+    Err(OverBudget {
+        image: image_name.into(),
+        total,
+        budget,
+    })
 }
 
 /// Formats a byte count as MiB with two decimals, for messages and reports.
@@ -120,9 +161,9 @@ mod tests {
 
     #[test]
     fn budget_cannot_be_raised() {
-        let err = resolve(Some("65M"), None).unwrap_err();
+        let err = resolve(Some("65M"), None).unwrap_err().to_string();
         assert!(err.contains("only be lowered"), "{err}");
-        let err = resolve(None, Some("1G")).unwrap_err();
+        let err = resolve(None, Some("1G")).unwrap_err().to_string();
         assert!(err.starts_with(ENV_VAR), "{err}");
         assert!(resolve(Some("0"), None).is_err());
     }
@@ -130,7 +171,9 @@ mod tests {
     #[test]
     fn check_names_both_sizes() {
         assert!(check("out/hv.img", 100, 100).is_ok());
-        let err = check("out/hv.img", 3 * MIB, 2 * MIB).unwrap_err();
+        let err = check("out/hv.img", 3 * MIB, 2 * MIB)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(&(3 * MIB).to_string()), "{err}");
         assert!(err.contains(&(2 * MIB).to_string()), "{err}");
     }

@@ -58,8 +58,19 @@ impl BuildArgs {
     }
 }
 
+/// A `build` command line that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("build: {0}")]
+    Parse(#[from] lexopt::Error),
+    #[error("build: --budget {0:?} is not valid UTF-8")]
+    BudgetNotUtf8(OsString),
+    #[error("build: missing required option {0}\n\n{USAGE}")]
+    Missing(&'static str),
+}
+
 /// Parses the arguments that follow `build`.
-pub fn parse_build(args: &[OsString]) -> Result<BuildArgs, String> {
+pub fn parse_build(args: &[OsString]) -> Result<BuildArgs, CliError> {
     use lexopt::prelude::*;
 
     let mut out = None;
@@ -75,8 +86,7 @@ pub fn parse_build(args: &[OsString]) -> Result<BuildArgs, String> {
     let mut pxelinux = None;
 
     let mut parser = lexopt::Parser::from_args(args.iter().cloned());
-    let error = |e: lexopt::Error| format!("build: {e}");
-    while let Some(arg) = parser.next().map_err(error)? {
+    while let Some(arg) = parser.next()? {
         let slot = match arg {
             Long("out") => &mut out,
             Long("host-kernel") => &mut host_kernel,
@@ -89,21 +99,18 @@ pub fn parse_build(args: &[OsString]) -> Result<BuildArgs, String> {
             Long("syslinux-dir") => &mut syslinux_dir,
             Long("pxelinux") => &mut pxelinux,
             Long("budget") => {
-                let value = parser.value().map_err(error)?;
-                let text = value
-                    .into_string()
-                    .map_err(|v| format!("build: --budget {v:?} is not valid UTF-8"))?;
+                let value = parser.value()?;
+                let text = value.into_string().map_err(CliError::BudgetNotUtf8)?;
                 budget = Some(text);
                 continue;
             }
-            other => return Err(error(other.unexpected())),
+            other => return Err(other.unexpected().into()),
         };
-        *slot = Some(PathBuf::from(parser.value().map_err(error)?));
+        *slot = Some(PathBuf::from(parser.value()?));
     }
 
-    let required = |value: Option<PathBuf>, flag: &str| {
-        value.ok_or_else(|| format!("build: missing required option {flag}\n\n{USAGE}"))
-    };
+    let required =
+        |value: Option<PathBuf>, flag: &'static str| value.ok_or(CliError::Missing(flag));
     Ok(BuildArgs {
         out: required(out, "--out")?,
         host_kernel: required(host_kernel, "--host-kernel")?,
@@ -160,11 +167,13 @@ mod tests {
 
     #[test]
     fn reports_missing_and_unknown() {
-        let err = parse_build(&args("--out o")).unwrap_err();
+        let err = parse_build(&args("--out o")).unwrap_err().to_string();
         assert!(err.contains("--host-kernel"), "{err}");
-        let err = parse_build(&args(&format!("{FULL} --bogus x"))).unwrap_err();
+        let err = parse_build(&args(&format!("{FULL} --bogus x")))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--bogus"), "{err}");
-        let err = parse_build(&args("--out")).unwrap_err();
+        let err = parse_build(&args("--out")).unwrap_err().to_string();
         assert!(err.contains("--out"), "{err}");
     }
 }

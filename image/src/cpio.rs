@@ -1,7 +1,7 @@
 //! Deterministic newc cpio archives, the format the kernel unpacks into its
-//! initial rootfs.
+//! initial rootfs, and a reader for checking them.
 
-use std::io::Write;
+use std::io::{self, Read, Write};
 
 use cpio::newc::{self, ModeFileType};
 
@@ -10,7 +10,12 @@ use cpio::newc::{self, ModeFileType};
 pub enum Node<'a> {
     Dir,
     File(&'a [u8]),
-    CharDevice { major: u32, minor: u32 },
+    /// A symbolic link to the given target.
+    Symlink(&'a str),
+    CharDevice {
+        major: u32,
+        minor: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +44,15 @@ impl<'a> Entry<'a> {
         }
     }
 
+    /// A symbolic link; links carry no permissions of their own (0777).
+    pub fn symlink(path: &'a str, target: &'a str) -> Self {
+        Entry {
+            path,
+            permissions: 0o777,
+            node: Node::Symlink(target),
+        }
+    }
+
     pub fn char_device(path: &'a str, permissions: u32, major: u32, minor: u32) -> Self {
         Entry {
             path,
@@ -48,27 +62,50 @@ impl<'a> Entry<'a> {
     }
 }
 
+/// Why an archive could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum CpioError {
+    #[error("{path}: too large for a cpio archive (over 4 GiB)")]
+    TooLarge { path: String },
+    #[error("too many entries for a cpio archive")]
+    TooManyEntries,
+    #[error("invalid archive path {0:?}")]
+    InvalidPath(String),
+    #[error("duplicate archive path {0:?}")]
+    DuplicatePath(String),
+    #[error("archive path {0:?} has no parent directory entry")]
+    NoParent(String),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
 /// Writes `entries` as a newc archive with every file owned by root and
 /// stamped with `mtime`. Entries are sorted by path components so a
 /// directory always precedes its contents (the kernel does not create missing
 /// parents) and the order never depends on the caller; inode numbers follow
 /// that order.
-pub fn write_archive(entries: &[Entry<'_>], mtime: u32) -> Result<Vec<u8>, String> {
+pub fn write_archive(entries: &[Entry<'_>], mtime: u32) -> Result<Vec<u8>, CpioError> {
     let mut sorted: Vec<&Entry<'_>> = entries.iter().collect();
     sorted.sort_by(|a, b| a.path.split('/').cmp(b.path.split('/')));
     validate(&sorted)?;
+    // Inode numbers are 32 bits.
+    if u32::try_from(sorted.len()).is_err() {
+        return Err(CpioError::TooManyEntries);
+    }
 
     let mut out = Vec::new();
-    for (index, entry) in sorted.iter().enumerate() {
+    for (ino, entry) in (1u32..).zip(&sorted) {
         let (file_type, nlink, data, rdev): (_, _, &[u8], _) = match entry.node {
             Node::Dir => (ModeFileType::Directory, 2, &[], (0, 0)),
             Node::File(data) => (ModeFileType::Regular, 1, data, (0, 0)),
+            Node::Symlink(target) => (ModeFileType::Symlink, 1, target.as_bytes(), (0, 0)),
             Node::CharDevice { major, minor } => (ModeFileType::Char, 1, &[], (major, minor)),
         };
-        let size = u32::try_from(data.len())
-            .map_err(|_| format!("{}: too large for a cpio archive (over 4 GiB)", entry.path))?;
+        let size = u32::try_from(data.len()).map_err(|_| CpioError::TooLarge {
+            path: entry.path.into(),
+        })?;
         let mut writer = newc::Builder::new(entry.path)
-            .ino(index as u32 + 1)
+            .ino(ino)
             .mode(entry.permissions & 0o7777)
             .set_mode_file_type(file_type)
             .uid(0)
@@ -78,14 +115,14 @@ pub fn write_archive(entries: &[Entry<'_>], mtime: u32) -> Result<Vec<u8>, Strin
             .rdev_major(rdev.0)
             .rdev_minor(rdev.1)
             .write(&mut out, size);
-        writer.write_all(data).map_err(|e| e.to_string())?;
-        writer.finish().map_err(|e| e.to_string())?;
+        writer.write_all(data)?;
+        writer.finish()?;
     }
-    newc::trailer(&mut out).map_err(|e| e.to_string())?;
+    newc::trailer(&mut out)?;
     Ok(out)
 }
 
-fn validate(sorted: &[&Entry<'_>]) -> Result<(), String> {
+fn validate(sorted: &[&Entry<'_>]) -> Result<(), CpioError> {
     for (i, entry) in sorted.iter().enumerate() {
         let path = entry.path;
         if path.is_empty()
@@ -95,66 +132,69 @@ fn validate(sorted: &[&Entry<'_>]) -> Result<(), String> {
                 .split('/')
                 .any(|c| c.is_empty() || c == "." || c == "..")
         {
-            return Err(format!("invalid archive path {path:?}"));
+            return Err(CpioError::InvalidPath(path.into()));
         }
         if i > 0 && sorted[i - 1].path == path {
-            return Err(format!("duplicate archive path {path:?}"));
+            return Err(CpioError::DuplicatePath(path.into()));
         }
         if let Some((parent, _)) = path.rsplit_once('/') {
             let has_parent = sorted[..i]
                 .iter()
                 .any(|e| e.path == parent && e.node == Node::Dir);
             if !has_parent {
-                return Err(format!(
-                    "archive path {path:?} has no parent directory entry"
-                ));
+                return Err(CpioError::NoParent(path.into()));
             }
         }
     }
     Ok(())
 }
 
-#[cfg(test)]
-pub mod tests {
-    use super::*;
-    use std::io::Read;
+/// An archive member as [`read_archive`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    pub ino: u32,
+    /// File type and permission bits, as in `st_mode`.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: u32,
+    pub rdev: (u32, u32),
+    /// File contents, or a symbolic link's target.
+    pub data: Vec<u8>,
+}
 
-    /// An archive member as read back with the `cpio` crate's reader.
-    #[derive(Debug)]
-    pub struct ReadBack {
-        pub name: String,
-        pub ino: u32,
-        pub mode: u32,
-        pub uid: u32,
-        pub gid: u32,
-        pub mtime: u32,
-        pub rdev: (u32, u32),
-        pub data: Vec<u8>,
-    }
-
-    pub fn read_archive(mut archive: &[u8]) -> Vec<ReadBack> {
-        let mut members = Vec::new();
-        loop {
-            let mut reader = newc::Reader::new(archive).expect("valid newc header");
-            if reader.entry().is_trailer() {
-                break;
-            }
-            let e = reader.entry();
-            let mut member = ReadBack {
-                name: e.name().to_string(),
-                ino: e.ino(),
-                mode: e.mode(),
-                uid: e.uid(),
-                gid: e.gid(),
-                mtime: e.mtime(),
-                rdev: (e.rdev_major(), e.rdev_minor()),
-                data: Vec::new(),
-            };
-            reader.read_to_end(&mut member.data).unwrap();
-            members.push(member);
-            archive = reader.finish().unwrap();
+/// Reads an uncompressed newc archive up to its trailer.
+pub fn read_archive(mut archive: &[u8]) -> Result<Vec<Member>, CpioError> {
+    let mut members = Vec::new();
+    loop {
+        let mut reader = newc::Reader::new(archive)?;
+        if reader.entry().is_trailer() {
+            return Ok(members);
         }
-        members
+        let e = reader.entry();
+        let mut member = Member {
+            name: e.name().to_string(),
+            ino: e.ino(),
+            mode: e.mode(),
+            uid: e.uid(),
+            gid: e.gid(),
+            mtime: e.mtime(),
+            rdev: (e.rdev_major(), e.rdev_minor()),
+            data: Vec::new(),
+        };
+        reader.read_to_end(&mut member.data)?;
+        members.push(member);
+        archive = reader.finish()?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_back(archive: &[u8]) -> Vec<Member> {
+        read_archive(archive).unwrap()
     }
 
     #[test]
@@ -171,11 +211,11 @@ pub mod tests {
         assert!(archive.starts_with(b"070701"));
         assert_eq!(archive.len() % 4, 0);
 
-        let members = read_archive(&archive);
+        let members = read_back(&archive);
         let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["bin", "bin/vmm", "dev", "dev/console", "init"]);
-        for (i, m) in members.iter().enumerate() {
-            assert_eq!(m.ino, i as u32 + 1);
+        for (ino, m) in (1..).zip(&members) {
+            assert_eq!(m.ino, ino);
             assert_eq!((m.uid, m.gid, m.mtime), (0, 0, 1234));
         }
         assert_eq!(members[0].mode, 0o040755);
@@ -184,6 +224,22 @@ pub mod tests {
         assert_eq!(members[3].mode, 0o020600);
         assert_eq!(members[3].rdev, (5, 1));
         assert_eq!(members[4].data, b"#!init");
+    }
+
+    #[test]
+    fn symlinks_store_their_target() {
+        let entries = [Entry::dir("bin"), Entry::symlink("bin/sh", "busybox")];
+        let members = read_back(&write_archive(&entries, 0).unwrap());
+        assert_eq!(members[1].name, "bin/sh");
+        assert_eq!(members[1].mode, 0o120777);
+        assert_eq!(members[1].data, b"busybox");
+    }
+
+    #[test]
+    fn reading_garbage_is_an_error() {
+        assert!(read_archive(b"not an archive").is_err());
+        let archive = write_archive(&[Entry::dir("d")], 0).unwrap();
+        assert!(read_archive(&archive[..archive.len() - 8]).is_err());
     }
 
     #[test]
@@ -206,7 +262,7 @@ pub mod tests {
             Entry::dir("a"),
             Entry::file("a/x", 0o644, b""),
         ];
-        let members = read_archive(&write_archive(&entries, 0).unwrap());
+        let members = read_back(&write_archive(&entries, 0).unwrap());
         let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["a", "a/x", "a-b"]);
     }

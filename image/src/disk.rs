@@ -58,6 +58,17 @@ pub struct Disk {
     pub placements: Vec<Placement>,
 }
 
+/// Why the partitions could not be laid out.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("partition {name}: size {size} is not a whole number of MiB")]
+    Unaligned { name: String, size: u64 },
+    #[error("the disk ({0} bytes) does not fit in this machine's memory")]
+    TooLarge(u64),
+    #[error("GPT: {0}")]
+    Gpt(#[from] gptman::Error),
+}
+
 /// Lays the partitions out back to back from 1 MiB and ends the disk right
 /// after the backup GPT, so the image carries no unused tail. `boot_code`
 /// is what a legacy BIOS runs from the MBR. The protective partition is not
@@ -67,27 +78,27 @@ pub fn assemble(
     disk_guid: [u8; 16],
     boot_code: &[u8; BOOT_CODE_SIZE],
     partitions: &[Partition<'_>],
-) -> Result<Disk, String> {
+) -> Result<Disk, DiskError> {
     let mut placements = Vec::with_capacity(partitions.len());
     let mut offset = FIRST_PARTITION_OFFSET;
     for partition in partitions {
         let size = partition.data.len() as u64;
         if size == 0 || size % MIB != 0 {
-            return Err(format!(
-                "partition {}: size {size} is not a whole number of MiB",
-                partition.name
-            ));
+            return Err(DiskError::Unaligned {
+                name: partition.name.into(),
+                size,
+            });
         }
         placements.push(Placement { offset, size });
         offset += size;
     }
     let total = offset + (ENTRY_ARRAY_SECTORS + 1) * SECTOR;
 
-    let mut disk = Cursor::new(vec![0u8; total as usize]);
-    let gpt_error = |e: gptman::Error| format!("GPT: {e}");
-    let mut gpt = GPT::new_from(&mut disk, SECTOR, disk_guid).map_err(gpt_error)?;
-    for (index, (partition, place)) in partitions.iter().zip(&placements).enumerate() {
-        gpt[index as u32 + 1] = GPTPartitionEntry {
+    let len = usize::try_from(total).map_err(|_| DiskError::TooLarge(total))?;
+    let mut disk = Cursor::new(vec![0u8; len]);
+    let mut gpt = GPT::new_from(&mut disk, SECTOR, disk_guid)?;
+    for (number, (partition, place)) in (1u32..).zip(partitions.iter().zip(&placements)) {
+        gpt[number] = GPTPartitionEntry {
             partition_type_guid: partition.type_guid,
             unique_partition_guid: partition.guid,
             starting_lba: place.offset / SECTOR,
@@ -96,13 +107,14 @@ pub fn assemble(
             partition_name: partition.name.into(),
         };
     }
-    gpt.write_into(&mut disk).map_err(gpt_error)?;
-    GPT::write_protective_mbr_into(&mut disk, SECTOR).map_err(gpt_error)?;
+    gpt.write_into(&mut disk)?;
+    GPT::write_protective_mbr_into(&mut disk, SECTOR)?;
 
     let mut bytes = disk.into_inner();
     bytes[..BOOT_CODE_SIZE].copy_from_slice(boot_code);
     for (partition, place) in partitions.iter().zip(&placements) {
-        let start = place.offset as usize;
+        // Below `total`, which fits a usize.
+        let start = usize::try_from(place.offset).map_err(|_| DiskError::TooLarge(total))?;
         bytes[start..start + partition.data.len()].copy_from_slice(partition.data);
     }
     Ok(Disk { bytes, placements })
@@ -112,9 +124,12 @@ pub fn assemble(
 mod tests {
     use super::*;
 
+    /// [`MIB`] for indexing.
+    const M: usize = 1 << 20;
+
     fn two_partitions() -> (Vec<u8>, Vec<u8>, Disk) {
-        let esp = vec![0xe5; MIB as usize];
-        let cfg = vec![0xc0; 2 * MIB as usize];
+        let esp = vec![0xe5; M];
+        let cfg = vec![0xc0; 2 * M];
         let disk = assemble(
             [7; 16],
             &[0x33; BOOT_CODE_SIZE],
@@ -171,8 +186,8 @@ mod tests {
         assert!(gpt[3].is_unused());
         assert!(gpt.header.last_usable_lba >= 8191);
 
-        assert_eq!(&disk.bytes[MIB as usize..2 * MIB as usize], &esp[..]);
-        assert_eq!(&disk.bytes[2 * MIB as usize..4 * MIB as usize], &cfg[..]);
+        assert_eq!(&disk.bytes[M..2 * M], &esp[..]);
+        assert_eq!(&disk.bytes[2 * M..4 * M], &cfg[..]);
     }
 
     #[test]
@@ -182,7 +197,7 @@ mod tests {
         assert_eq!(&disk.bytes[..BOOT_CODE_SIZE], &[0x33; BOOT_CODE_SIZE]);
         assert_eq!(disk.bytes[446], 0, "protective partition not active");
         assert_eq!(disk.bytes[446 + 4], 0xee, "protective partition type");
-        let last_sector = disk.bytes.len() - SECTOR as usize;
+        let last_sector = disk.bytes.len() - 512;
         assert_eq!(&disk.bytes[last_sector..last_sector + 8], b"EFI PART");
         assert_eq!(&disk.bytes[512..520], b"EFI PART");
     }

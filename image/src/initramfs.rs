@@ -5,7 +5,16 @@ use std::io::Write;
 
 use flate2::{Compression, GzBuilder};
 
-use crate::cpio::{write_archive, Entry};
+use crate::cpio::{write_archive, CpioError, Entry};
+
+/// Why an initramfs could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum InitramfsError {
+    #[error(transparent)]
+    Cpio(#[from] CpioError),
+    #[error("gzip: {0}")]
+    Gzip(#[source] std::io::Error),
+}
 
 /// PID 1 of the example guest.
 pub const EXAMPLE_GUEST_INIT: &str = include_str!("../assets/example-init.sh");
@@ -26,7 +35,7 @@ fn console() -> Entry<'static> {
 }
 
 /// Host initramfs: `/init`, `/bin/vmm`, mount points and `/dev/console`.
-pub fn host(init: &[u8], vmm: &[u8], mtime: u32) -> Result<Vec<u8>, String> {
+pub fn host(init: &[u8], vmm: &[u8], mtime: u32) -> Result<Vec<u8>, InitramfsError> {
     let mut entries: Vec<Entry<'_>> = HOST_DIRS.iter().map(|d| Entry::dir(d)).collect();
     entries.push(console());
     entries.push(Entry::file("init", 0o755, init));
@@ -35,7 +44,7 @@ pub fn host(init: &[u8], vmm: &[u8], mtime: u32) -> Result<Vec<u8>, String> {
 }
 
 /// Example guest initramfs: `/bin/busybox` and the `/init` script.
-pub fn example_guest(busybox: &[u8], mtime: u32) -> Result<Vec<u8>, String> {
+pub fn example_guest(busybox: &[u8], mtime: u32) -> Result<Vec<u8>, InitramfsError> {
     let mut entries: Vec<Entry<'_>> = GUEST_DIRS.iter().map(|d| Entry::dir(d)).collect();
     entries.push(console());
     entries.push(Entry::file("init", 0o755, EXAMPLE_GUEST_INIT.as_bytes()));
@@ -45,20 +54,20 @@ pub fn example_guest(busybox: &[u8], mtime: u32) -> Result<Vec<u8>, String> {
 
 /// gzip with no file name and a zero header mtime, so the compressed bytes
 /// depend on the archive alone.
-fn gzip(data: &[u8]) -> Result<Vec<u8>, String> {
+fn gzip(data: &[u8]) -> Result<Vec<u8>, InitramfsError> {
     let mut encoder = GzBuilder::new()
         .mtime(0)
         .write(Vec::with_capacity(data.len() / 2), Compression::best());
     encoder
         .write_all(data)
         .and_then(|_| encoder.finish())
-        .map_err(|e| format!("gzip: {e}"))
+        .map_err(InitramfsError::Gzip)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpio::tests::read_archive;
+    use crate::cpio::read_archive;
     use flate2::read::GzDecoder;
     use std::io::Read;
 
@@ -72,7 +81,7 @@ mod tests {
     fn host_layout_matches_contract() {
         let image = host(b"INIT", b"VMM", 99).unwrap();
         assert_eq!(&image[..2], &[0x1f, 0x8b], "gzip magic");
-        let members = read_archive(&gunzip(&image));
+        let members = read_archive(&gunzip(&image)).unwrap();
         let listing: Vec<(&str, u32)> = members.iter().map(|m| (m.name.as_str(), m.mode)).collect();
         assert_eq!(
             listing,
@@ -98,7 +107,7 @@ mod tests {
 
     #[test]
     fn example_guest_has_busybox_and_script() {
-        let members = read_archive(&gunzip(&example_guest(b"BB", 0).unwrap()));
+        let members = read_archive(&gunzip(&example_guest(b"BB", 0).unwrap())).unwrap();
         let init = members.iter().find(|m| m.name == "init").unwrap();
         assert_eq!(init.mode, 0o100755);
         assert!(init.data.starts_with(b"#!/bin/busybox sh\n"));

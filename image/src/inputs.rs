@@ -1,7 +1,10 @@
 //! Reading the build inputs, with checks that catch swapped or wrong files
 //! before they end up in an image that fails to boot.
 
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::disk::BOOT_CODE_SIZE;
 
 /// What an input file must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,50 +32,106 @@ pub struct Input {
     pub data: Vec<u8>,
 }
 
+/// An input that cannot be used: names the role, the file and the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{role} {}: {reason}", .path.display())]
+pub struct InputError {
+    pub role: String,
+    pub path: PathBuf,
+    pub reason: InputReason,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InputReason {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error("not a regular file")]
+    NotAFile,
+    #[error(transparent)]
+    Content(#[from] Mismatch),
+}
+
+/// Why a file's contents are not the [`Kind`] it should be.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Mismatch {
+    #[error("file is empty")]
+    Empty,
+    #[error("kernel has no EFI stub (build it with CONFIG_EFI_STUB=y)")]
+    NoEfiStub,
+    #[error(
+        "{0} bytes; MBR boot code is exactly {BOOT_CODE_SIZE} bytes (e.g. syslinux's mbr/gptmbr.bin)"
+    )]
+    MbrBootCodeSize(usize),
+    #[error("not a syslinux COM32 module (32-bit x86 ELF)")]
+    NotCom32Module,
+    #[error("not PXELINUX's pxelinux.0 (no \"PXELINUX\" banner)")]
+    NotPxelinux,
+    #[error(
+        "not a Linux bzImage (no \"HdrS\" boot header at 0x202); \
+         pass arch/x86/boot/bzImage, not vmlinux"
+    )]
+    NotBzImage,
+    #[error("not an ELF executable")]
+    NotElf,
+    #[error("not an x86-64 ELF executable")]
+    NotX86_64,
+    #[error("truncated ELF header")]
+    TruncatedElf,
+    #[error(
+        "dynamically linked (has an ELF interpreter); \
+         build it for x86_64-unknown-linux-musl"
+    )]
+    Dynamic,
+    #[error("not an EFI application (no PE header)")]
+    NotPe,
+}
+
 /// Reads `path` and checks that it is a `kind`. Errors name the role, the
 /// file and the reason.
-pub fn read(role: &str, path: &Path, kind: Kind) -> Result<Input, String> {
-    let fail = |reason: String| format!("{role} {}: {reason}", path.display());
-    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+pub fn read(role: &str, path: &Path, kind: Kind) -> Result<Input, InputError> {
+    let fail = |reason: InputReason| InputError {
+        role: role.into(),
+        path: path.into(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| fail(e.into()))?;
     if !meta.is_file() {
-        return Err(fail("not a regular file".into()));
+        return Err(fail(InputReason::NotAFile));
     }
-    let data = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
-    check(&data, kind).map_err(fail)?;
+    let data = std::fs::read(path).map_err(|e| fail(e.into()))?;
+    check(&data, kind).map_err(|e| fail(e.into()))?;
     Ok(Input { data })
 }
 
-fn check(data: &[u8], kind: Kind) -> Result<(), String> {
+fn check(data: &[u8], kind: Kind) -> Result<(), Mismatch> {
     if data.is_empty() {
-        return Err("file is empty".into());
+        return Err(Mismatch::Empty);
     }
     match kind {
         Kind::EfiStubKernel => {
             check_bzimage(data)?;
             if !data.starts_with(b"MZ") {
-                return Err("kernel has no EFI stub (build it with CONFIG_EFI_STUB=y)".into());
+                return Err(Mismatch::NoEfiStub);
             }
             Ok(())
         }
         Kind::Kernel => check_bzimage(data),
         Kind::StaticExecutable => check_static_elf(data),
         Kind::EfiApplication => check_pe(data),
-        Kind::MbrBootCode if data.len() != crate::disk::BOOT_CODE_SIZE => Err(format!(
-            "{} bytes; MBR boot code is exactly {} bytes (e.g. syslinux's mbr/gptmbr.bin)",
-            data.len(),
-            crate::disk::BOOT_CODE_SIZE
-        )),
+        Kind::MbrBootCode if data.len() != BOOT_CODE_SIZE => {
+            Err(Mismatch::MbrBootCodeSize(data.len()))
+        }
         Kind::MbrBootCode => Ok(()),
         Kind::Com32Module => {
             // ELFCLASS32, little-endian, EM_386.
             if !data.starts_with(b"\x7fELF\x01\x01") || data.get(18..20) != Some(&[3, 0]) {
-                return Err("not a syslinux COM32 module (32-bit x86 ELF)".into());
+                return Err(Mismatch::NotCom32Module);
             }
             Ok(())
         }
         Kind::Pxelinux => {
             if !data.windows(8).any(|w| w == b"PXELINUX") {
-                return Err("not PXELINUX's pxelinux.0 (no \"PXELINUX\" banner)".into());
+                return Err(Mismatch::NotPxelinux);
             }
             Ok(())
         }
@@ -80,58 +139,57 @@ fn check(data: &[u8], kind: Kind) -> Result<(), String> {
 }
 
 /// The x86 boot protocol puts "HdrS" at 0x202 of every bzImage.
-fn check_bzimage(data: &[u8]) -> Result<(), String> {
+fn check_bzimage(data: &[u8]) -> Result<(), Mismatch> {
     if data.get(0x202..0x206) != Some(b"HdrS") {
-        return Err("not a Linux bzImage (no \"HdrS\" boot header at 0x202); \
-                    pass arch/x86/boot/bzImage, not vmlinux"
-            .into());
+        return Err(Mismatch::NotBzImage);
     }
     Ok(())
 }
 
-fn check_static_elf(data: &[u8]) -> Result<(), String> {
+fn check_static_elf(data: &[u8]) -> Result<(), Mismatch> {
     const PT_INTERP: u32 = 3;
     if !data.starts_with(b"\x7fELF") {
-        return Err("not an ELF executable".into());
+        return Err(Mismatch::NotElf);
     }
     // ELFCLASS64, little-endian, x86-64.
     if data.get(4..6) != Some(&[2, 1]) || data.get(18..20) != Some(&[62, 0]) {
-        return Err("not an x86-64 ELF executable".into());
+        return Err(Mismatch::NotX86_64);
     }
     let u16_at = |at: usize| {
         data.get(at..at + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+            .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
     };
+    // An offset beyond the address space is as truncated as one past the end.
     let u64_at = |at: usize| {
         data.get(at..at + 8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize)
+            .and_then(|b| usize::try_from(u64::from_le_bytes(b.try_into().ok()?)).ok())
     };
-    let truncated = || "truncated ELF header".to_string();
-    let phoff = u64_at(0x20).ok_or_else(truncated)?;
-    let phentsize = u16_at(0x36).ok_or_else(truncated)?;
-    let phnum = u16_at(0x38).ok_or_else(truncated)?;
+    let truncated = Mismatch::TruncatedElf;
+    let phoff = u64_at(0x20).ok_or(truncated.clone())?;
+    let phentsize = u16_at(0x36).ok_or(truncated.clone())?;
+    let phnum = u16_at(0x38).ok_or(truncated.clone())?;
     for index in 0..phnum {
         let at = phoff
             .checked_add(index.saturating_mul(phentsize))
-            .ok_or_else(truncated)?;
-        let p_type = data.get(at..at + 4).ok_or_else(truncated)?;
+            .ok_or(truncated.clone())?;
+        let p_type = data
+            .get(at..at.saturating_add(4))
+            .ok_or(truncated.clone())?;
         if u32::from_le_bytes([p_type[0], p_type[1], p_type[2], p_type[3]]) == PT_INTERP {
-            return Err("dynamically linked (has an ELF interpreter); \
-                        build it for x86_64-unknown-linux-musl"
-                .into());
+            return Err(Mismatch::Dynamic);
         }
     }
     Ok(())
 }
 
-fn check_pe(data: &[u8]) -> Result<(), String> {
+fn check_pe(data: &[u8]) -> Result<(), Mismatch> {
     let pe_offset = data
         .get(0x3c..0x40)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
-    let has_pe =
-        data.starts_with(b"MZ") && pe_offset.and_then(|o| data.get(o..o + 4)) == Some(b"PE\0\0");
+        .and_then(|b| usize::try_from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])).ok());
+    let has_pe = data.starts_with(b"MZ")
+        && pe_offset.and_then(|o| data.get(o..o.saturating_add(4))) == Some(b"PE\0\0");
     if !has_pe {
-        return Err("not an EFI application (no PE header)".into());
+        return Err(Mismatch::NotPe);
     }
     Ok(())
 }
@@ -171,6 +229,7 @@ pub mod tests {
         check(&[0; 440], Kind::MbrBootCode).unwrap();
         assert!(check(&[0; 512], Kind::MbrBootCode)
             .unwrap_err()
+            .to_string()
             .contains("exactly 440"));
         let mut module = vec![0u8; 64];
         module[..6].copy_from_slice(b"\x7fELF\x01\x01");
@@ -191,9 +250,10 @@ pub mod tests {
 
     #[test]
     fn rejects_wrong_kinds() {
-        assert!(check(b"", Kind::Kernel).unwrap_err().contains("empty"));
+        assert_eq!(check(b"", Kind::Kernel), Err(Mismatch::Empty));
         assert!(check(&fake_bzimage(false, 0), Kind::EfiStubKernel)
             .unwrap_err()
+            .to_string()
             .contains("EFI_STUB"));
         assert!(check(&fake_static_elf(0x400), Kind::Kernel).is_err());
         assert!(check(&fake_bzimage(true, 0), Kind::StaticExecutable).is_err());
@@ -209,6 +269,7 @@ pub mod tests {
         elf[64 + 56..64 + 60].copy_from_slice(&3u32.to_le_bytes());
         assert!(check(&elf, Kind::StaticExecutable)
             .unwrap_err()
+            .to_string()
             .contains("dynamically linked"));
         // Truncated program headers are an error, not a panic.
         elf[0x38..0x3a].copy_from_slice(&100u16.to_le_bytes());
@@ -217,15 +278,16 @@ pub mod tests {
 
     #[test]
     fn real_system_binaries() {
-        // busybox-static and systemd-boot are installed on the build host;
-        // skip quietly where they are not.
-        if let Ok(busybox) = std::fs::read("/bin/busybox") {
-            check(&busybox, Kind::StaticExecutable).unwrap();
-        }
-        if let Ok(sdboot) = std::fs::read("/usr/lib/systemd/boot/efi/systemd-bootx64.efi") {
-            check(&sdboot, Kind::EfiApplication).unwrap();
-        }
+        // scripts/build installs these packages (busybox-static,
+        // systemd-boot-efi, syslinux-common, pxelinux) because the image is
+        // made of them; a missing one fails here rather than passing
+        // without checking anything.
         for (path, kind) in [
+            ("/bin/busybox", Kind::StaticExecutable),
+            (
+                "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+                Kind::EfiApplication,
+            ),
             ("/usr/lib/syslinux/mbr/gptmbr.bin", Kind::MbrBootCode),
             (
                 "/usr/lib/syslinux/modules/bios/ldlinux.c32",
@@ -233,16 +295,15 @@ pub mod tests {
             ),
             ("/usr/lib/PXELINUX/pxelinux.0", Kind::Pxelinux),
         ] {
-            if let Ok(data) = std::fs::read(path) {
-                check(&data, kind).unwrap_or_else(|e| panic!("{path}: {e}"));
-            }
+            let data = std::fs::read(path)
+                .unwrap_or_else(|e| panic!("{path}: {e} (scripts/build installs it)"));
+            check(&data, kind).unwrap_or_else(|e| panic!("{path}: {e}"));
         }
-        if let Ok(ls) = std::fs::read("/bin/ls") {
-            assert!(
-                check(&ls, Kind::StaticExecutable).is_err(),
-                "/bin/ls is dynamic"
-            );
-        }
+        let ls = std::fs::read("/bin/ls").unwrap();
+        assert!(
+            check(&ls, Kind::StaticExecutable).is_err(),
+            "/bin/ls is dynamic"
+        );
     }
 
     #[test]
@@ -252,12 +313,15 @@ pub mod tests {
             Path::new("/nonexistent/bzImage"),
             Kind::Kernel,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             err.starts_with("host kernel /nonexistent/bzImage: "),
             "{err}"
         );
-        let err = read("init", Path::new("/"), Kind::StaticExecutable).unwrap_err();
+        let err = read("init", Path::new("/"), Kind::StaticExecutable)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a regular file"), "{err}");
     }
 }

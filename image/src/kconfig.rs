@@ -8,7 +8,59 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fmt;
+use std::io;
 use std::path::{Path, PathBuf};
+
+const USAGE: &str = "usage: hv-image kconfig-check --config PATH FRAGMENT...";
+
+/// Why the check could not run, or what it found.
+#[derive(Debug, thiserror::Error)]
+pub enum KconfigError {
+    #[error("--config needs a path\n{USAGE}")]
+    ConfigNeedsPath,
+    #[error("unknown option {0}\n{USAGE}")]
+    UnknownOption(String),
+    #[error("missing --config\n{USAGE}")]
+    MissingConfig,
+    #[error("no fragment given\n{USAGE}")]
+    NoFragment,
+    #[error("{}: cannot read: {error}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        error: io::Error,
+    },
+    #[error("{}:{line}: {error}", .path.display())]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        error: LineError,
+    },
+    /// One line per setting the `.config` does not honour.
+    #[error(
+        "{}\n{} of {checked} fragment settings are not honoured by {}",
+        .problems.join("\n"),
+        .problems.len(),
+        .config.display()
+    )]
+    NotHonoured {
+        problems: Vec<String>,
+        checked: usize,
+        config: PathBuf,
+    },
+}
+
+/// A line that is neither a setting nor a comment.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    #[error("expected CONFIG_NAME=VALUE or '# CONFIG_NAME is not set'")]
+    NoAssignment,
+    #[error("'{0}' is not a CONFIG_ symbol name")]
+    NotASymbol(String),
+    #[error("{symbol}: '{value}' is not y, n, m, a quoted string or a number")]
+    BadValue { symbol: String, value: String },
+}
 
 /// The value a fragment asks for or a `.config` holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,26 +90,25 @@ impl fmt::Display for Requirement {
 }
 
 /// Entry point of `hv-image kconfig-check --config PATH FRAGMENT...`.
-pub fn run_cli(args: &[OsString]) -> Result<(), String> {
-    const USAGE: &str = "usage: hv-image kconfig-check --config PATH FRAGMENT...";
+pub fn run_cli(args: &[OsString]) -> Result<(), KconfigError> {
     let mut config = None;
     let mut fragments = Vec::new();
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         if arg == "--config" {
-            let path = args
-                .next()
-                .ok_or_else(|| format!("--config needs a path\n{USAGE}"))?;
+            let path = args.next().ok_or(KconfigError::ConfigNeedsPath)?;
             config = Some(PathBuf::from(path));
         } else if arg.to_string_lossy().starts_with('-') {
-            return Err(format!("unknown option {}\n{USAGE}", arg.to_string_lossy()));
+            return Err(KconfigError::UnknownOption(
+                arg.to_string_lossy().into_owned(),
+            ));
         } else {
             fragments.push(PathBuf::from(arg));
         }
     }
-    let config = config.ok_or_else(|| format!("missing --config\n{USAGE}"))?;
+    let config = config.ok_or(KconfigError::MissingConfig)?;
     if fragments.is_empty() {
-        return Err(format!("no fragment given\n{USAGE}"));
+        return Err(KconfigError::NoFragment);
     }
     let checked = check_files(&config, &fragments)?;
     eprintln!(
@@ -71,7 +122,7 @@ pub fn run_cli(args: &[OsString]) -> Result<(), String> {
 
 /// Checks `fragments` (later ones override earlier ones, as with
 /// `merge_config.sh`) against `config`; returns how many settings were checked.
-fn check_files(config: &Path, fragments: &[PathBuf]) -> Result<usize, String> {
+fn check_files(config: &Path, fragments: &[PathBuf]) -> Result<usize, KconfigError> {
     let mut requirements = Vec::new();
     for fragment in fragments {
         requirements.extend(parse_fragment(fragment, &read(fragment)?)?);
@@ -80,13 +131,16 @@ fn check_files(config: &Path, fragments: &[PathBuf]) -> Result<usize, String> {
     check(&effective(requirements), &final_config, config)
 }
 
-fn read(path: &Path) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))
+fn read(path: &Path) -> Result<String, KconfigError> {
+    std::fs::read_to_string(path).map_err(|error| KconfigError::Read {
+        path: path.into(),
+        error,
+    })
 }
 
 /// Splits one Kconfig line into symbol and value; `None` for lines that carry
 /// no setting (blank lines and ordinary comments).
-fn parse_line(text: &str) -> Result<Option<(String, Value)>, String> {
+fn parse_line(text: &str) -> Result<Option<(String, Value)>, LineError> {
     let text = text.trim();
     if let Some(comment) = text.strip_prefix('#') {
         let unset = comment
@@ -99,16 +153,15 @@ fn parse_line(text: &str) -> Result<Option<(String, Value)>, String> {
     if text.is_empty() {
         return Ok(None);
     }
-    let (symbol, value) = text
-        .split_once('=')
-        .ok_or("expected CONFIG_NAME=VALUE or '# CONFIG_NAME is not set'")?;
+    let (symbol, value) = text.split_once('=').ok_or(LineError::NoAssignment)?;
     if !is_symbol(symbol) {
-        return Err(format!("'{symbol}' is not a CONFIG_ symbol name"));
+        return Err(LineError::NotASymbol(symbol.into()));
     }
     if !is_value(value) {
-        return Err(format!(
-            "{symbol}: '{value}' is not y, n, m, a quoted string or a number"
-        ));
+        return Err(LineError::BadValue {
+            symbol: symbol.into(),
+            value: value.into(),
+        });
     }
     let value = if value == "n" {
         Value::Unset
@@ -137,11 +190,23 @@ fn parse_number(v: &str) -> Option<i128> {
     }
 }
 
-fn parse_fragment(path: &Path, text: &str) -> Result<Vec<Requirement>, String> {
+/// [`parse_line`], with the error placed at `path:line`.
+fn parse_line_at(
+    path: &Path,
+    line: usize,
+    text: &str,
+) -> Result<Option<(String, Value)>, KconfigError> {
+    parse_line(text).map_err(|error| KconfigError::Syntax {
+        path: path.into(),
+        line,
+        error,
+    })
+}
+
+fn parse_fragment(path: &Path, text: &str) -> Result<Vec<Requirement>, KconfigError> {
     let mut requirements = Vec::new();
     for (index, line) in text.lines().enumerate() {
-        let parsed =
-            parse_line(line).map_err(|e| format!("{}:{}: {e}", path.display(), index + 1))?;
+        let parsed = parse_line_at(path, index + 1, line)?;
         if let Some((symbol, value)) = parsed {
             requirements.push(Requirement {
                 file: path.to_path_buf(),
@@ -154,11 +219,10 @@ fn parse_fragment(path: &Path, text: &str) -> Result<Vec<Requirement>, String> {
     Ok(requirements)
 }
 
-fn parse_config(path: &Path, text: &str) -> Result<HashMap<String, Value>, String> {
+fn parse_config(path: &Path, text: &str) -> Result<HashMap<String, Value>, KconfigError> {
     let mut values = HashMap::new();
     for (index, line) in text.lines().enumerate() {
-        let parsed =
-            parse_line(line).map_err(|e| format!("{}:{}: {e}", path.display(), index + 1))?;
+        let parsed = parse_line_at(path, index + 1, line)?;
         if let Some((symbol, value)) = parsed {
             values.insert(symbol, value);
         }
@@ -191,7 +255,7 @@ fn check(
     requirements: &[Requirement],
     config: &HashMap<String, Value>,
     config_path: &Path,
-) -> Result<usize, String> {
+) -> Result<usize, KconfigError> {
     const HINT: &str = "(check its dependencies with 'make menuconfig')";
     let mut problems = Vec::new();
     for req in requirements {
@@ -215,13 +279,11 @@ fn check(
     if problems.is_empty() {
         return Ok(requirements.len());
     }
-    problems.push(format!(
-        "{} of {} fragment settings are not honoured by {}",
-        problems.len(),
-        requirements.len(),
-        config_path.display()
-    ));
-    Err(problems.join("\n"))
+    Err(KconfigError::NotHonoured {
+        problems,
+        checked: requirements.len(),
+        config: config_path.into(),
+    })
 }
 
 #[cfg(test)]
@@ -242,11 +304,15 @@ CONFIG_PHYSICAL_START=0x1000000
 # CONFIG_MODULES is not set
 ";
 
-    fn run(fragment: &str) -> Result<usize, String> {
+    fn run(fragment: &str) -> Result<usize, KconfigError> {
         let frag = Path::new("frag.config");
         let config = Path::new("build/.config");
         let reqs = parse_fragment(frag, fragment)?;
         check(&effective(reqs), &parse_config(config, CONFIG)?, config)
+    }
+
+    fn fails(fragment: &str) -> String {
+        run(fragment).unwrap_err().to_string()
     }
 
     #[test]
@@ -265,12 +331,12 @@ CONFIG_PHYSICAL_START=0x1000000
 CONFIG_SOUND=n
 # CONFIG_NOT_IN_CONFIG_AT_ALL is not set
 ";
-        assert_eq!(run(fragment), Ok(10));
+        assert_eq!(run(fragment).unwrap(), 10);
     }
 
     #[test]
     fn unset_symbol_fails_with_location() {
-        let err = run("CONFIG_64BIT=y\nCONFIG_KVM_AMD=y\n").unwrap_err();
+        let err = fails("CONFIG_64BIT=y\nCONFIG_KVM_AMD=y\n");
         assert!(
             err.contains("frag.config:2: CONFIG_KVM_AMD=y requested, but .config has it unset"),
             "{err}"
@@ -281,8 +347,7 @@ CONFIG_SOUND=n
 
     #[test]
     fn different_value_fails() {
-        let err =
-            run("CONFIG_VIRTIO=y\nCONFIG_LOCALVERSION=\"-x\"\nCONFIG_NR_CPUS=64\n").unwrap_err();
+        let err = fails("CONFIG_VIRTIO=y\nCONFIG_LOCALVERSION=\"-x\"\nCONFIG_NR_CPUS=64\n");
         assert!(
             err.contains(
                 "frag.config:1: CONFIG_VIRTIO=y requested, but .config has CONFIG_VIRTIO=m"
@@ -299,7 +364,7 @@ CONFIG_SOUND=n
 
     #[test]
     fn missing_symbol_fails() {
-        let err = run("CONFIG_KVM_INTEL=y\n").unwrap_err();
+        let err = fails("CONFIG_KVM_INTEL=y\n");
         assert!(
             err.contains("frag.config:1: CONFIG_KVM_INTEL=y requested, but .config has no entry"),
             "{err}"
@@ -308,7 +373,7 @@ CONFIG_SOUND=n
 
     #[test]
     fn requested_unset_but_enabled_fails() {
-        let err = run("# CONFIG_KVM is not set\n").unwrap_err();
+        let err = fails("# CONFIG_KVM is not set\n");
         assert!(
             err.contains("'# CONFIG_KVM is not set' requested, but .config has CONFIG_KVM=y"),
             "{err}"
@@ -317,29 +382,29 @@ CONFIG_SOUND=n
 
     #[test]
     fn numbers_compare_by_value() {
-        assert_eq!(run("CONFIG_PHYSICAL_START=0x01000000\n"), Ok(1));
+        assert_eq!(run("CONFIG_PHYSICAL_START=0x01000000\n").unwrap(), 1);
     }
 
     #[test]
     fn later_setting_of_a_symbol_wins() {
         assert_eq!(
-            run("CONFIG_KVM_AMD=y\n# CONFIG_KVM_AMD is not set\n"),
-            Ok(1)
+            run("CONFIG_KVM_AMD=y\n# CONFIG_KVM_AMD is not set\n").unwrap(),
+            1
         );
-        let err = run("# CONFIG_KVM_AMD is not set\nCONFIG_KVM_AMD=y\n").unwrap_err();
+        let err = fails("# CONFIG_KVM_AMD is not set\nCONFIG_KVM_AMD=y\n");
         assert!(err.contains("frag.config:2: CONFIG_KVM_AMD=y"), "{err}");
     }
 
     #[test]
     fn malformed_fragment_line_is_reported() {
-        let err = run("CONFIG_KVM=y\nKVM=y\n").unwrap_err();
+        let err = fails("CONFIG_KVM=y\nKVM=y\n");
         assert_eq!(err, "frag.config:2: 'KVM' is not a CONFIG_ symbol name");
-        let err = run("CONFIG_KVM=yes please\n").unwrap_err();
+        let err = fails("CONFIG_KVM=yes please\n");
         assert!(
             err.starts_with("frag.config:1: CONFIG_KVM: 'yes please' is not"),
             "{err}"
         );
-        let err = run("just words\n").unwrap_err();
+        let err = fails("just words\n");
         assert!(
             err.starts_with("frag.config:1: expected CONFIG_NAME=VALUE"),
             "{err}"
@@ -348,8 +413,8 @@ CONFIG_SOUND=n
 
     #[test]
     fn cli_checks_files_across_fragments() {
-        let dir = std::env::temp_dir().join(format!("hv-kconfig-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path();
         let config = dir.join(".config");
         let base = dir.join("base.config");
         let extra = dir.join("extra.config");
@@ -362,8 +427,8 @@ CONFIG_SOUND=n
             v
         };
 
-        assert_eq!(run_cli(&args(&[&base])), Ok(()));
-        let err = run_cli(&args(&[&base, &extra])).unwrap_err();
+        run_cli(&args(&[&base])).unwrap();
+        let err = run_cli(&args(&[&base, &extra])).unwrap_err().to_string();
         assert!(
             err.contains(&format!(
                 "{}:1: CONFIG_KVM_AMD=y requested",
@@ -371,12 +436,10 @@ CONFIG_SOUND=n
             )),
             "{err}"
         );
-        assert!(run_cli(&args(&[])).unwrap_err().contains("no fragment"));
-        let missing = run_cli(&args(&[&dir.join("nope.config")])).unwrap_err();
+        let err = |args: &[OsString]| run_cli(args).unwrap_err().to_string();
+        assert!(err(&args(&[])).contains("no fragment"));
+        let missing = err(&args(&[&dir.join("nope.config")]));
         assert!(missing.contains("nope.config: cannot read"), "{missing}");
-        assert!(run_cli(&[base.into()])
-            .unwrap_err()
-            .contains("missing --config"));
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(err(&[base.into()]).contains("missing --config"));
     }
 }

@@ -7,15 +7,15 @@
 //! volume's boot sector, all without root or loop devices. It carries its
 //! own copies of both files, so they always match each other.
 
-use std::io::Cursor;
+use std::io::{self, Cursor};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use fatfs::{FileSystem, FsOptions};
 
-use crate::epoch::FatClock;
-use crate::fat_times;
+use crate::fat::times;
+use crate::fat::{DirError, FatClock};
 
 /// Where syslinux looks for its configuration and keeps its files.
 pub const DIRECTORY: &str = "syslinux";
@@ -36,17 +36,75 @@ pub struct Installed {
     pub used: u64,
 }
 
+/// Why syslinux could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyslinuxError {
+    #[error("writing {}: {error}", .path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        error: io::Error,
+    },
+    #[error("syslinux installer {}: {error} (Debian package syslinux)", .installer.display())]
+    Spawn {
+        installer: PathBuf,
+        #[source]
+        error: io::Error,
+    },
+    #[error("syslinux installer {} failed ({status}): {stderr}", .installer.display())]
+    Failed {
+        installer: PathBuf,
+        status: ExitStatus,
+        stderr: String,
+    },
+    #[error("reading {}: {error}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        error: io::Error,
+    },
+    #[error(
+        "syslinux installer {} changed the volume size from {before} to {after} bytes",
+        .installer.display()
+    )]
+    Resized {
+        installer: PathBuf,
+        before: usize,
+        after: usize,
+    },
+    #[error(transparent)]
+    Restamp(#[from] DirError),
+    #[error("after installing syslinux: {0}")]
+    Check(#[from] InstalledError),
+}
+
+/// What is wrong with the volume after the installer ran.
+#[derive(Debug, thiserror::Error)]
+pub enum InstalledError {
+    #[error("mount: {0}")]
+    Mount(#[source] io::Error),
+    #[error("/{DIRECTORY}: {0}")]
+    Directory(#[source] io::Error),
+    #[error("/{DIRECTORY}/{0} is missing")]
+    Missing(&'static str),
+    #[error("stats: {0}")]
+    Stats(#[source] io::Error),
+}
+
 /// Installs syslinux into the FAT volume `volume`, which must already hold
 /// [`CONFIG`]. The installer runs on a temporary copy; every timestamp it
 /// writes is replaced by `clock` afterwards.
 pub fn install(
     installer: &Path,
     volume: &mut Vec<u8>,
-    epoch: u64,
+    epoch: u32,
     clock: &FatClock,
-) -> Result<Installed, String> {
+) -> Result<Installed, SyslinuxError> {
     let file = TempFile::new();
-    std::fs::write(&file.0, &*volume).map_err(|e| format!("writing {}: {e}", file.0.display()))?;
+    std::fs::write(&file.0, &*volume).map_err(|error| SyslinuxError::Write {
+        path: file.0.clone(),
+        error,
+    })?;
     let output = Command::new(installer)
         .args(["--install", "--directory"])
         .arg(format!("/{DIRECTORY}"))
@@ -57,54 +115,52 @@ pub fn install(
         .env("TZ", "UTC")
         .env("LC_ALL", "C")
         .output()
-        .map_err(|e| {
-            format!(
-                "syslinux installer {}: {e} (Debian package syslinux)",
-                installer.display()
-            )
+        .map_err(|error| SyslinuxError::Spawn {
+            installer: installer.into(),
+            error,
         })?;
     if !output.status.success() {
-        return Err(format!(
-            "syslinux installer {} failed ({}): {}",
-            installer.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ));
+        return Err(SyslinuxError::Failed {
+            installer: installer.into(),
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().into(),
+        });
     }
-    let installed =
-        std::fs::read(&file.0).map_err(|e| format!("reading {}: {e}", file.0.display()))?;
+    let installed = std::fs::read(&file.0).map_err(|error| SyslinuxError::Read {
+        path: file.0.clone(),
+        error,
+    })?;
     if installed.len() != volume.len() {
-        return Err(format!(
-            "syslinux installer {} changed the volume size from {} to {} bytes",
-            installer.display(),
-            volume.len(),
-            installed.len()
-        ));
+        return Err(SyslinuxError::Resized {
+            installer: installer.into(),
+            before: volume.len(),
+            after: installed.len(),
+        });
     }
     *volume = installed;
-    fat_times::restamp(volume, clock)?;
-    measure(volume).map_err(|e| format!("after installing syslinux: {e}"))
+    times::restamp(volume, clock)?;
+    Ok(measure(volume)?)
 }
 
 /// Checks that the installer left its files where the boot sector expects
 /// them and measures them.
-fn measure(volume: &[u8]) -> Result<Installed, String> {
+fn measure(volume: &[u8]) -> Result<Installed, InstalledError> {
     let fs = FileSystem::new(Cursor::new(volume.to_vec()), FsOptions::new())
-        .map_err(|e| format!("mount: {e}"))?;
+        .map_err(InstalledError::Mount)?;
     let dir = fs
         .root_dir()
         .open_dir(DIRECTORY)
-        .map_err(|e| format!("/{DIRECTORY}: {e}"))?;
+        .map_err(InstalledError::Directory)?;
     let mut loader = 0;
     for name in INSTALLED {
         let entry = dir
             .iter()
             .filter_map(Result::ok)
             .find(|e| e.file_name().eq_ignore_ascii_case(name))
-            .ok_or_else(|| format!("/{DIRECTORY}/{name} is missing"))?;
+            .ok_or(InstalledError::Missing(name))?;
         loader += entry.len();
     }
-    let stats = fs.stats().map_err(|e| format!("stats: {e}"))?;
+    let stats = fs.stats().map_err(InstalledError::Stats)?;
     let free = u64::from(stats.free_clusters()) * u64::from(stats.cluster_size());
     Ok(Installed {
         loader,
@@ -137,7 +193,7 @@ mod tests {
     use super::*;
     use crate::budget::MIB;
     use crate::epoch::DEFAULT_EPOCH;
-    use crate::fat::{build, FatFile, VolumeSpec};
+    use crate::fat::{build, FatClock, FatFile, VolumeSpec};
 
     const INSTALLER: &str = "/usr/bin/syslinux";
 
@@ -165,10 +221,12 @@ mod tests {
 
     #[test]
     fn installs_boot_sector_and_files_reproducibly() {
-        if !Path::new(INSTALLER).exists() {
-            eprintln!("skipped: {INSTALLER} not installed");
-            return;
-        }
+        // The image build needs the installer (scripts/build installs it),
+        // so its absence is a failure, not a reason to skip.
+        assert!(
+            Path::new(INSTALLER).exists(),
+            "{INSTALLER} is missing: install the Debian package syslinux"
+        );
         let clock = FatClock::leak(DEFAULT_EPOCH);
         let before = esp();
         let mut a = before.clone();
@@ -190,7 +248,9 @@ mod tests {
     fn missing_installer_is_named() {
         let mut volume = esp();
         let clock = FatClock::leak(DEFAULT_EPOCH);
-        let err = install(Path::new("/nonexistent/syslinux"), &mut volume, 0, clock).unwrap_err();
+        let err = install(Path::new("/nonexistent/syslinux"), &mut volume, 0, clock)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent/syslinux"), "{err}");
         assert!(err.contains("Debian package syslinux"), "{err}");
     }

@@ -1,11 +1,13 @@
 //! Runs the built `hv-image build` on small stand-in inputs and checks the
 //! outputs, the budget enforcement and reproducibility.
 
-use std::io::{Cursor, Read};
-use std::path::{Path, PathBuf};
+use std::io::Cursor;
+use std::path::Path;
 use std::process::{Command, Output};
 
+use hv_image::fat::read_file;
 use sha2::{Digest, Sha256};
+use tempfile::TempDir;
 
 const MIB: u64 = 1024 * 1024;
 const OUTPUTS: [&str; 10] = [
@@ -26,21 +28,11 @@ const LDLINUX_C32: &str = "/usr/lib/syslinux/modules/bios/ldlinux.c32";
 const PXELINUX: &str = "/usr/lib/PXELINUX/pxelinux.0";
 
 /// A scratch directory removed when the test ends.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("hv-image-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+fn scratch(name: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("hv-image-{name}-"))
+        .tempdir()
+        .expect("creating a scratch directory")
 }
 
 fn bzimage(efi_stub: bool, len: usize, fill: u8) -> Vec<u8> {
@@ -89,7 +81,7 @@ fn inputs(dir: &Path) -> Vec<String> {
     let mut args = Vec::new();
     for (flag, name, data) in files {
         let path = dir.join(name);
-        std::fs::write(&path, data).unwrap();
+        std::fs::write(&path, data).expect("writing a stand-in input");
         args.push(flag.to_string());
         args.push(path.display().to_string());
     }
@@ -116,26 +108,15 @@ fn stderr(output: &Output) -> String {
 }
 
 fn report(out: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(out.join("size-report.json")).unwrap()).unwrap()
-}
-
-fn read_fat_file(partition: &[u8], path: &str) -> Vec<u8> {
-    let fs =
-        fatfs::FileSystem::new(Cursor::new(partition.to_vec()), fatfs::FsOptions::new()).unwrap();
-    let mut data = Vec::new();
-    fs.root_dir()
-        .open_file(path)
-        .unwrap()
-        .read_to_end(&mut data)
-        .unwrap();
-    data
+    let json = std::fs::read(out.join("size-report.json")).expect("reading size-report.json");
+    serde_json::from_slice(&json).expect("size-report.json is JSON")
 }
 
 #[test]
 fn builds_all_outputs_within_budget() {
-    let scratch = Scratch::new("ok");
-    let args = inputs(&scratch.0);
-    let out = scratch.0.join("out");
+    let scratch = scratch("ok");
+    let args = inputs(scratch.path());
+    let out = scratch.path().join("out");
     let output = hv_image(&args, &out, &[]);
     assert!(output.status.success(), "{}", stderr(&output));
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -160,11 +141,8 @@ fn builds_all_outputs_within_budget() {
     assert_eq!(gpt[1].starting_lba, 2048);
     assert_eq!(gpt[2].partition_name.as_str(), "HVCONFIG");
     let part = |i: u32| {
-        let (start, end) = (
-            gpt[i].starting_lba as usize * 512,
-            (gpt[i].ending_lba as usize + 1) * 512,
-        );
-        &image[start..end]
+        let lba = |lba: u64| usize::try_from(lba * 512).unwrap();
+        &image[lba(gpt[i].starting_lba)..lba(gpt[i].ending_lba + 1)]
     };
     let (esp, config) = (part(1), part(2));
     assert_eq!(json["partitions"]["esp"]["size_bytes"], esp.len() as u64);
@@ -176,19 +154,22 @@ fn builds_all_outputs_within_budget() {
 
     // PXE files are the very bytes on the ESP.
     assert_eq!(
-        read_fat_file(esp, "vmlinuz"),
+        read_file(esp, "vmlinuz").unwrap(),
         std::fs::read(out.join("pxe/vmlinuz")).unwrap()
     );
-    assert_eq!(read_fat_file(esp, "initrd.img"), initrd);
-    assert_eq!(read_fat_file(esp, "EFI/BOOT/BOOTX64.EFI"), efi_app(100_000));
-    let entry = String::from_utf8(read_fat_file(esp, "loader/entries/hv.conf")).unwrap();
+    assert_eq!(read_file(esp, "initrd.img").unwrap(), initrd);
+    assert_eq!(
+        read_file(esp, "EFI/BOOT/BOOTX64.EFI").unwrap(),
+        efi_app(100_000)
+    );
+    let entry = String::from_utf8(read_file(esp, "loader/entries/hv.conf").unwrap()).unwrap();
     assert!(entry.contains("options console=tty0 console=ttyS0,115200n8 panic=10"));
     assert_eq!(
-        read_fat_file(config, "example/bzImage"),
+        read_file(config, "example/bzImage").unwrap(),
         bzimage(false, 600_000, 0x47)
     );
-    assert!(!read_fat_file(config, "guests/example.toml").is_empty());
-    assert!(!read_fat_file(config, "host.toml").is_empty());
+    assert!(!read_file(config, "guests/example.toml").unwrap().is_empty());
+    assert!(!read_file(config, "host.toml").unwrap().is_empty());
     let fs = fatfs::FileSystem::new(Cursor::new(config.to_vec()), fatfs::FsOptions::new()).unwrap();
     assert_eq!(fs.volume_label(), "HVCONFIG");
 
@@ -213,13 +194,13 @@ fn builds_all_outputs_within_budget() {
     assert_eq!(gpt[2].attribute_bits, 0);
     assert_eq!(&esp[3..11], b"SYSLINUX", "syslinux boot sector");
     assert_eq!(&esp[510..512], &[0x55, 0xaa]);
-    let ldlinux_sys = read_fat_file(esp, "syslinux/ldlinux.sys");
-    let ldlinux_c32 = read_fat_file(esp, "syslinux/ldlinux.c32");
+    let ldlinux_sys = read_file(esp, "syslinux/ldlinux.sys").unwrap();
+    let ldlinux_c32 = read_file(esp, "syslinux/ldlinux.c32").unwrap();
     assert_eq!(
         json["components"]["bios_loader"],
         (ldlinux_sys.len() + ldlinux_c32.len()) as u64
     );
-    let syslinux_cfg = String::from_utf8(read_fat_file(esp, "syslinux/syslinux.cfg")).unwrap();
+    let syslinux_cfg = String::from_utf8(read_file(esp, "syslinux/syslinux.cfg").unwrap()).unwrap();
     assert!(syslinux_cfg.contains("APPEND console=tty0 console=ttyS0,115200n8 panic=10\n"));
     assert_eq!(
         std::fs::read(out.join("pxe/pxelinux.0")).unwrap(),
@@ -269,32 +250,33 @@ fn builds_all_outputs_within_budget() {
         assert!(seen >= 5, "{name}: {seen} entries");
     }
 
-    // fsck.fat (dosfstools) is the strictest FAT checker at hand.
-    if Command::new("fsck.fat").arg("--help").output().is_ok() {
-        for (name, bytes) in [("esp", esp), ("config", config)] {
-            let file = scratch.0.join(format!("{name}.fat"));
-            std::fs::write(&file, bytes).unwrap();
-            let fsck = Command::new("fsck.fat")
-                .arg("-n")
-                .arg(&file)
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&fsck.stdout);
-            assert!(fsck.status.success(), "fsck.fat {name}:\n{text}");
-            assert_eq!(
-                text.lines().count(),
-                2,
-                "fsck.fat {name} complained:\n{text}"
-            );
-        }
+    // fsck.fat is the strictest FAT checker at hand; a missing one fails
+    // the test rather than leaving the volumes unchecked.
+    for (name, bytes) in [("esp", esp), ("config", config)] {
+        let file = scratch.path().join(format!("{name}.fat"));
+        std::fs::write(&file, bytes).unwrap();
+        let fsck = Command::new("fsck.fat")
+            .arg("-n")
+            .arg(&file)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("running fsck.fat: {e} (install dosfstools; scripts/test does)")
+            });
+        let text = String::from_utf8_lossy(&fsck.stdout);
+        assert!(fsck.status.success(), "fsck.fat {name}:\n{text}");
+        assert_eq!(
+            text.lines().count(),
+            2,
+            "fsck.fat {name} complained:\n{text}"
+        );
     }
 }
 
 #[test]
 fn two_builds_are_byte_identical() {
-    let scratch = Scratch::new("repro");
-    let args = inputs(&scratch.0);
-    let (a, b) = (scratch.0.join("a"), scratch.0.join("b"));
+    let scratch = scratch("repro");
+    let args = inputs(scratch.path());
+    let (a, b) = (scratch.path().join("a"), scratch.path().join("b"));
     let output = hv_image(&args, &a, &[]);
     assert!(output.status.success(), "{}", stderr(&output));
     // A build a few seconds later in another time zone: no wall clock or
@@ -311,7 +293,7 @@ fn two_builds_are_byte_identical() {
     }
 
     // A different timestamp must show up in the image.
-    let c = scratch.0.join("c");
+    let c = scratch.path().join("c");
     let output = hv_image(&args, &c, &[("SOURCE_DATE_EPOCH", "1600000000")]);
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(std::fs::read(a.join("hv.img")).unwrap() != std::fs::read(c.join("hv.img")).unwrap());
@@ -319,9 +301,9 @@ fn two_builds_are_byte_identical() {
 
 #[test]
 fn over_budget_fails_naming_both_sizes() {
-    let scratch = Scratch::new("budget");
-    let args = inputs(&scratch.0);
-    let out = scratch.0.join("out");
+    let scratch = scratch("budget");
+    let args = inputs(scratch.path());
+    let out = scratch.path().join("out");
 
     // A successful build first, to prove a failing one removes stale images.
     assert!(hv_image(&args, &out, &[]).status.success());
@@ -366,10 +348,10 @@ fn over_budget_fails_naming_both_sizes() {
 
 #[test]
 fn budget_cannot_be_raised() {
-    let scratch = Scratch::new("raise");
-    let mut args = inputs(&scratch.0);
+    let scratch = scratch("raise");
+    let mut args = inputs(scratch.path());
     args.extend(["--budget".to_string(), "65M".to_string()]);
-    let output = hv_image(&args, &scratch.0.join("out"), &[]);
+    let output = hv_image(&args, &scratch.path().join("out"), &[]);
     assert!(!output.status.success());
     assert!(
         stderr(&output).contains("only be lowered"),
@@ -380,19 +362,19 @@ fn budget_cannot_be_raised() {
 
 #[test]
 fn bad_inputs_name_the_file_and_reason() {
-    let scratch = Scratch::new("bad");
-    let mut args = inputs(&scratch.0);
-    let missing = scratch.0.join("no-such-vmm");
+    let scratch = scratch("bad");
+    let mut args = inputs(scratch.path());
+    let missing = scratch.path().join("no-such-vmm");
     let at = args.iter().position(|a| a == "--vmm").unwrap() + 1;
     args[at] = missing.display().to_string();
-    let output = hv_image(&args, &scratch.0.join("out"), &[]);
+    let output = hv_image(&args, &scratch.path().join("out"), &[]);
     assert!(!output.status.success());
     let err = stderr(&output);
     assert!(err.contains(&format!("vmm {}", missing.display())), "{err}");
     assert!(err.contains("No such file"), "{err}");
 
     // A kernel where an executable belongs (swapped arguments).
-    args[at] = scratch.0.join("bzImage-host").display().to_string();
-    let err = stderr(&hv_image(&args, &scratch.0.join("out"), &[]));
+    args[at] = scratch.path().join("bzImage-host").display().to_string();
+    let err = stderr(&hv_image(&args, &scratch.path().join("out"), &[]));
     assert!(err.contains("bzImage-host: not an ELF executable"), "{err}");
 }

@@ -7,9 +7,8 @@ use std::process::Command;
 #[test]
 fn unsatisfiable_fragment_fails_the_kernel_config() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let dir = std::env::temp_dir().join(format!("hv-kconfig-unsat-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let fragment = dir.join("unsatisfiable.config");
+    let dir = tempfile::tempdir().unwrap();
+    let fragment = dir.path().join("unsatisfiable.config");
     std::fs::write(
         &fragment,
         "# CONFIG_VIRTUALIZATION is not set\nCONFIG_KVM_AMD=y\n",
@@ -23,7 +22,6 @@ fn unsatisfiable_fragment_fails_the_kernel_config() {
         .env("HV_IMAGE", env!("CARGO_BIN_EXE_hv-image"))
         .output()
         .expect("run scripts/kernel");
-    std::fs::remove_dir_all(&dir).unwrap();
 
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

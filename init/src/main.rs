@@ -5,32 +5,13 @@
 //! by policy, until a power button, Ctrl-Alt-Del or signal shuts down.
 //! PID 1 must never exit or panic: every error is logged and lived with.
 
-mod boot_medium;
-mod boot_report;
-mod cgroup;
-mod cmdline;
-mod console;
-mod data_mounts;
-mod discovery;
-mod early_mounts;
+#![warn(clippy::indexing_slicing)]
+
+mod boot;
+mod config_source;
 mod event_loop;
-mod fetch;
 mod guests;
-mod http;
-mod ipconfig;
-mod jail;
-mod logger;
-mod net;
-mod power;
-mod power_button;
-mod probe;
-mod remote_config;
-mod signals;
-mod supervisor;
-#[cfg(test)]
-mod test_server;
-mod url;
-mod watchdog;
+mod host;
 
 use std::io::Write;
 
@@ -83,16 +64,16 @@ fn idle_forever() -> ! {
 }
 
 fn main() {
-    let started = logger::uptime();
+    let started = boot::logger::uptime();
     let banner = banner();
     let _ = std::io::stdout().write_all(banner.as_bytes());
-    let mounts = early_mounts::mount_all();
+    let mounts = boot::early_mounts::mount_all();
     if ensure_std_fds() {
         let _ = std::io::stdout().write_all(banner.as_bytes());
     }
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let opts = cmdline::parse(&cmdline);
-    logger::init(if opts.debug {
+    let opts = boot::cmdline::parse(&cmdline);
+    boot::logger::init(if opts.debug {
         log::LevelFilter::Debug
     } else {
         log::LevelFilter::Info
@@ -106,9 +87,9 @@ fn main() {
         log::warn!("kernel command line: {w}");
     }
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
-    power::route_ctrl_alt_del_to_init();
+    boot::power::route_ctrl_alt_del_to_init();
 
-    let signals = match signals::open() {
+    let signals = match boot::signals::open() {
         Ok(fd) => fd,
         Err(e) => {
             log::error!("signalfd: {e}; cannot supervise");
@@ -124,5 +105,5 @@ fn main() {
     };
     let init = event_loop::Init::new(&opts, signals, epoll, started);
     let action = init.run();
-    power::finish(action);
+    boot::power::finish(action);
 }

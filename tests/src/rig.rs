@@ -22,12 +22,14 @@
 //! Environment: `HV_HOST_KERNEL` and `HV_GUEST_KERNEL` (bzImages to use
 //! instead of asking `scripts/kernel`), `HV_VMM` (the static vmm binary).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::env;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+use hv_image::cpio::{self, CpioError};
 
 use crate::builder::QemuBuilder;
 use crate::error::{Error, ErrorKind};
@@ -136,26 +138,28 @@ pub fn vmm_binary() -> PathBuf {
 }
 
 /// An initramfs under construction: a gzip-compressed newc cpio archive,
-/// written without root (device nodes included). Parent directories are
-/// added on demand; everything belongs to root.
+/// written without root (device nodes included) by hv-image's
+/// [`hv_image::cpio`]. Parent directories are added on demand; everything
+/// belongs to root. A path added twice keeps its last contents, as when
+/// the kernel unpacks an archive that lists it twice.
 #[derive(Debug, Default, Clone)]
 pub struct Cpio {
-    entries: Vec<Entry>,
-    dirs: BTreeSet<String>,
+    entries: BTreeMap<String, Entry>,
 }
 
 #[derive(Debug, Clone)]
 struct Entry {
-    path: String,
-    mode: u32,
-    rdev: (u32, u32),
-    data: Vec<u8>,
+    permissions: u32,
+    node: Node,
 }
 
-const S_IFDIR: u32 = 0o040000;
-const S_IFREG: u32 = 0o100000;
-const S_IFLNK: u32 = 0o120000;
-const S_IFCHR: u32 = 0o020000;
+#[derive(Debug, Clone)]
+enum Node {
+    Dir,
+    File(Vec<u8>),
+    Symlink(String),
+    CharDevice { major: u32, minor: u32 },
+}
 
 impl Cpio {
     pub fn new() -> Self {
@@ -165,19 +169,17 @@ impl Cpio {
     /// A directory (mode 0755).
     pub fn dir(&mut self, path: &str) -> &mut Self {
         let path = path.trim_matches('/');
-        if path.is_empty() || self.dirs.contains(path) {
+        if path.is_empty()
+            || matches!(self.entries.get(path), Some(e) if matches!(e.node, Node::Dir))
+        {
             return self;
         }
-        if let Some((parent, _)) = path.rsplit_once('/') {
-            self.dir(parent);
-        }
-        self.dirs.insert(path.to_string());
-        self.push(path, S_IFDIR | 0o755, Vec::new(), (0, 0))
+        self.push(path, 0o755, Node::Dir)
     }
 
     /// A regular file with `contents` and permission bits `mode`.
     pub fn file(&mut self, path: &str, mode: u32, contents: impl Into<Vec<u8>>) -> &mut Self {
-        self.push(path, S_IFREG | (mode & 0o7777), contents.into(), (0, 0))
+        self.push(path, mode & 0o7777, Node::File(contents.into()))
     }
 
     /// A copy of the file `from` of this machine.
@@ -188,7 +190,7 @@ impl Cpio {
     }
 
     pub fn symlink(&mut self, path: &str, target: &str) -> &mut Self {
-        self.push(path, S_IFLNK | 0o777, target.as_bytes().to_vec(), (0, 0))
+        self.push(path, 0o777, Node::Symlink(target.into()))
     }
 
     /// A character device node, e.g. `/dev/console` (5, 1), which the
@@ -196,7 +198,7 @@ impl Cpio {
     /// having it in the archive keeps the rig independent of the kernel's
     /// built-in default initramfs.
     pub fn char_device(&mut self, path: &str, major: u32, minor: u32) -> &mut Self {
-        self.push(path, S_IFCHR | 0o600, Vec::new(), (major, minor))
+        self.push(path, 0o600, Node::CharDevice { major, minor })
     }
 
     /// This machine's static busybox as `/bin/busybox`, with a `/bin` link
@@ -218,41 +220,37 @@ impl Cpio {
         Ok(self)
     }
 
-    fn push(&mut self, path: &str, mode: u32, data: Vec<u8>, rdev: (u32, u32)) -> &mut Self {
-        let path = path.trim_matches('/').to_string();
-        if mode & S_IFDIR == 0 {
-            if let Some((parent, _)) = path.rsplit_once('/') {
-                self.dir(parent);
-            }
+    fn push(&mut self, path: &str, permissions: u32, node: Node) -> &mut Self {
+        let path = path.trim_matches('/');
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.dir(parent);
         }
-        self.entries.push(Entry {
-            path,
-            mode,
-            rdev,
-            data,
-        });
+        self.entries
+            .insert(path.to_string(), Entry { permissions, node });
         self
     }
 
-    /// The uncompressed newc archive. Timestamps are 0 and inode numbers
-    /// follow the entry order, so equal inputs give equal archives.
-    pub fn to_newc(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (i, entry) in self.entries.iter().enumerate() {
-            let nlink = if entry.mode & S_IFDIR != 0 { 2 } else { 1 };
-            let mut writer = cpio::newc::Builder::new(&entry.path)
-                .ino(i as u32 + 1)
-                .mode(entry.mode)
-                .nlink(nlink)
-                .rdev_major(entry.rdev.0)
-                .rdev_minor(entry.rdev.1)
-                .write(&mut out, entry.data.len() as u32);
-            // Writing into a Vec cannot fail.
-            writer.write_all(&entry.data).expect("in-memory write");
-            writer.finish().expect("in-memory write");
-        }
-        cpio::newc::trailer(&mut out).expect("in-memory write");
-        out
+    /// The uncompressed newc archive. Timestamps are 0, and hv-image sorts
+    /// the entries (parents first), so equal inputs give equal archives.
+    pub fn to_newc(&self) -> Result<Vec<u8>, CpioError> {
+        let entries: Vec<cpio::Entry<'_>> = self
+            .entries
+            .iter()
+            .map(|(path, entry)| cpio::Entry {
+                path,
+                permissions: entry.permissions,
+                node: match &entry.node {
+                    Node::Dir => cpio::Node::Dir,
+                    Node::File(data) => cpio::Node::File(data),
+                    Node::Symlink(target) => cpio::Node::Symlink(target),
+                    Node::CharDevice { major, minor } => cpio::Node::CharDevice {
+                        major: *major,
+                        minor: *minor,
+                    },
+                },
+            })
+            .collect();
+        cpio::write_archive(&entries, 0)
     }
 
     /// Writes the archive, gzip-compressed (`gzip -1`: the rig rebuilds it
@@ -266,11 +264,12 @@ impl Cpio {
             .stdout(file)
             .spawn()
             .map_err(|e| io::Error::new(e.kind(), format!("cannot run gzip: {e}")))?;
+        let archive = self.to_newc().map_err(io::Error::other)?;
         let written = gzip
             .stdin
             .take()
             .expect("stdin is piped")
-            .write_all(&self.to_newc());
+            .write_all(&archive);
         let status = gzip.wait()?;
         written?;
         if !status.success() {
@@ -378,69 +377,48 @@ fn io_error(e: io::Error) -> Error {
 mod tests {
     use super::*;
 
-    /// One record of a newc archive.
-    struct Record {
-        name: String,
-        mode: u32,
-        rdev: (u32, u32),
-        data: Vec<u8>,
-    }
-
-    /// Splits a newc archive into its records, checking the framing.
-    fn records(archive: &[u8]) -> Vec<Record> {
-        let mut out = Vec::new();
-        let mut at = 0;
-        loop {
-            assert_eq!(&archive[at..at + 6], b"070701");
-            let field = |i: usize| {
-                let hex = std::str::from_utf8(&archive[at + 6 + i * 8..at + 14 + i * 8]).unwrap();
-                u32::from_str_radix(hex, 16).unwrap()
-            };
-            let (size, name_size) = (field(6) as usize, field(11) as usize);
-            let name_at = at + 110;
-            let name = &archive[name_at..name_at + name_size - 1];
-            let data_at = (name_at + name_size).next_multiple_of(4);
-            let record = Record {
-                name: String::from_utf8(name.to_vec()).unwrap(),
-                mode: field(1),
-                rdev: (field(9), field(10)),
-                data: archive[data_at..data_at + size].to_vec(),
-            };
-            at = (data_at + size).next_multiple_of(4);
-            if record.name == "TRAILER!!!" {
-                assert_eq!(at, archive.len());
-                return out;
-            }
-            out.push(record);
-        }
-    }
-
     #[test]
-    fn newc_archive_has_parents_first_and_padded_records() {
+    fn newc_archive_has_parents_and_every_kind_of_node() {
         let mut cpio = Cpio::new();
         cpio.file("guest/etc/rc", 0o755, "echo hi\n")
             .symlink("init", "bin/busybox")
             .char_device("dev/console", 5, 1);
-        let recs = records(&cpio.to_newc());
-        let names: Vec<_> = recs.iter().map(|r| r.name.as_str()).collect();
+        let members = cpio::read_archive(&cpio.to_newc().unwrap()).unwrap();
+        let names: Vec<_> = members.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(
             names,
             [
+                "dev",
+                "dev/console",
                 "guest",
                 "guest/etc",
                 "guest/etc/rc",
-                "init",
-                "dev",
-                "dev/console"
+                "init"
             ]
         );
-        assert_eq!(recs[0].mode, S_IFDIR | 0o755);
-        assert_eq!(recs[2].mode, S_IFREG | 0o755);
-        assert_eq!(recs[2].data, b"echo hi\n");
-        assert_eq!(recs[3].mode, S_IFLNK | 0o777);
-        assert_eq!(recs[3].data, b"bin/busybox");
-        assert_eq!(recs[5].mode, S_IFCHR | 0o600);
-        assert_eq!(recs[5].rdev, (5, 1));
+        assert_eq!(members[0].mode, 0o040755);
+        assert_eq!(members[1].mode, 0o020600);
+        assert_eq!(members[1].rdev, (5, 1));
+        assert_eq!(members[4].mode, 0o100755);
+        assert_eq!(members[4].data, b"echo hi\n");
+        assert_eq!(members[5].mode, 0o120777);
+        assert_eq!(members[5].data, b"bin/busybox");
+        assert!(members.iter().all(|m| m.mtime == 0 && m.uid == 0));
+    }
+
+    #[test]
+    fn a_path_added_twice_keeps_its_last_contents() {
+        let mut cpio = Cpio::new();
+        cpio.symlink("bin/sh", "busybox")
+            .file("bin/sh", 0o755, "#!real sh")
+            .dir("bin");
+        let members = cpio::read_archive(&cpio.to_newc().unwrap()).unwrap();
+        assert_eq!(members.len(), 2);
+        assert_eq!(members[0].name, "bin");
+        assert_eq!(
+            (members[1].mode, &members[1].data[..]),
+            (0o100755, &b"#!real sh"[..])
+        );
     }
 
     #[test]

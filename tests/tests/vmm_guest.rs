@@ -27,7 +27,9 @@ const VMM_WATCHDOG_S: u32 = 400;
 
 /// A word no earlier run can have left in a disk image.
 fn nonce() -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is past 1970");
     format!(
         "{:x}{:x}",
         now.as_nanos() & 0xffff_ffff_ffff,

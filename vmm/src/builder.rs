@@ -1,29 +1,92 @@
-//! Builds a ready-to-run VM from a [`VmSpec`]: guest memory, kernel and
+//! Builds a ready-to-run VM from a [`VmSource`]: guest memory, kernel and
 //! initrd, firmware tables, devices on their buses, and configured vCPUs.
+//!
+//! Two steps, on either side of the privilege drop: [`open_host`] opens
+//! (as root) everything that may need it and reads nothing; [`build`]
+//! parses the images and creates the VM.
 
 use std::fs::File;
-use std::io::Write;
-use std::os::fd::FromRawFd;
+use std::io;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use kvm_ioctls::{Kvm, VmFd};
-use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use hvcontract::VmmExit;
+use kvm_ioctls::Kvm;
+use vm_memory::mmap::FromRangesError;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::arch::x86_64::boot::{self, BootInfo};
 use crate::arch::x86_64::kernel::{self, LoadedKernel};
-use crate::arch::x86_64::layout::{self, *};
-use crate::arch::x86_64::{acpi, regs};
-use crate::devices::acpi_pm::{self, AcpiPm};
-use crate::devices::bus::{Bus, SharedDevice};
-use crate::devices::irq::{EdgeIrq, KvmIrqLine};
-use crate::devices::legacy::{Cmos, SerialDevice, I8042};
+use crate::arch::x86_64::{acpi, layout, regs};
+use crate::device_manager::{self, legacy, mmio, HandedFds};
+use crate::devices::acpi_pm::AcpiPm;
+use crate::devices::bus::Bus;
+use crate::devices::legacy::{SerialDevice, I8042};
 use crate::devices::virtio::{VirtioDevice, WorkerGate};
-use crate::error::Fatal;
 use crate::exit::ExitHandle;
-use crate::spec::VmSpec;
-use crate::virtio_attach::{self, HandedFds};
+use crate::resources::VmSource;
 use crate::vstate::{vcpu::Vcpu, vm};
+
+/// Why the VM could not be built. The images and the machine the
+/// definition asks for are its problem ([`VmmExit::Invalid`]); memory,
+/// KVM and the firmware tables are the host's ([`VmmExit::Error`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("a guest needs at least one vCPU")]
+    NoVcpus,
+    #[error("{what}: cannot open: {source}")]
+    OpenImage { what: String, source: io::Error },
+    #[error("{what}: {source}")]
+    Image { what: String, source: kernel::Error },
+    #[error("{requested} vCPUs requested, this host supports {max}")]
+    TooManyVcpus { requested: u8, max: usize },
+    /// The kernel command line with the devices' part does not fit;
+    /// `definition` is "FILE: " or empty.
+    #[error("{definition}{source}")]
+    Cmdline {
+        definition: String,
+        source: boot::Error,
+    },
+    #[error(transparent)]
+    Devices(#[from] device_manager::Error),
+    #[error("cannot open /dev/kvm: {0}")]
+    Kvm(kvm_ioctls::Error),
+    #[error("cannot allocate {mib} MiB of guest memory: {source}")]
+    Memory { mib: u32, source: FromRangesError },
+    #[error(transparent)]
+    Vm(#[from] vm::Error),
+    #[error("eventfd: {0}")]
+    EventFd(io::Error),
+    #[error(transparent)]
+    Acpi(#[from] acpi::Error),
+    #[error(transparent)]
+    BootTables(#[from] regs::Error),
+    #[error(transparent)]
+    BootParams(boot::Error),
+    #[error("{0}")]
+    Vcpu(String),
+}
+
+impl Error {
+    pub fn exit(&self) -> VmmExit {
+        match self {
+            Error::NoVcpus
+            | Error::OpenImage { .. }
+            | Error::Image { .. }
+            | Error::TooManyVcpus { .. }
+            | Error::Cmdline { .. } => VmmExit::Invalid,
+            Error::Devices(e) => e.exit(),
+            Error::Kvm(_)
+            | Error::Memory { .. }
+            | Error::Vm(_)
+            | Error::EventFd(_)
+            | Error::Acpi(_)
+            | Error::BootTables(_)
+            | Error::BootParams(_)
+            | Error::Vcpu(_) => VmmExit::Error,
+        }
+    }
+}
 
 /// A built VM, not yet running.
 pub struct Vmm {
@@ -40,13 +103,11 @@ pub struct Vmm {
     _kvm: Kvm,
 }
 
-fn open(spec: &VmSpec, what: &str, path: &std::path::Path) -> Result<File, Fatal> {
-    File::open(path)
-        .map_err(|e| Fatal::invalid(format!("{}: cannot open: {e}", spec.describe(what, path))))
-}
-
-fn kernel_fatal(spec: &VmSpec, what: &str, path: &std::path::Path, e: kernel::Error) -> Fatal {
-    Fatal::invalid(format!("{}: {e}", spec.describe(what, path)))
+fn open(source: &VmSource, what: &str, path: &Path) -> Result<File, Error> {
+    File::open(path).map_err(|e| Error::OpenImage {
+        what: source.describe(what, path),
+        source: e,
+    })
 }
 
 /// The kernel and initrd, open but not read yet.
@@ -55,11 +116,11 @@ pub struct Images {
     initrd: Option<File>,
 }
 
-pub fn open_images(spec: &VmSpec) -> Result<Images, Fatal> {
+pub fn open_images(source: &VmSource) -> Result<Images, Error> {
     Ok(Images {
-        kernel: open(spec, "kernel", &spec.kernel)?,
-        initrd: match &spec.initrd {
-            Some(path) => Some(open(spec, "initrd", path)?),
+        kernel: open(source, "kernel", source.kernel())?,
+        initrd: match source.initrd() {
+            Some(path) => Some(open(source, "initrd", path)?),
             None => None,
         },
     })
@@ -68,17 +129,20 @@ pub fn open_images(spec: &VmSpec) -> Result<Images, Fatal> {
 /// Parses and loads kernel and initrd; shared with `--check`, which loads
 /// into a scratch memory to validate the images.
 pub fn load_images(
-    spec: &VmSpec,
+    source: &VmSource,
     mem: &GuestMemoryMmap,
     mut images: Images,
-) -> Result<(LoadedKernel, Option<(vm_memory::GuestAddress, u64)>), Fatal> {
+) -> Result<(LoadedKernel, Option<(GuestAddress, u64)>), Error> {
+    let image_error = |what: &str, path: &Path| {
+        let what = source.describe(what, path);
+        move |source| Error::Image { what, source }
+    };
     let kernel = kernel::load_kernel(mem, &mut images.kernel)
-        .map_err(|e| kernel_fatal(spec, "kernel", &spec.kernel, e))?;
-    let initrd = match (&spec.initrd, images.initrd.as_mut()) {
-        (Some(path), Some(f)) => Some(
-            kernel::load_initrd(mem, f, &kernel)
-                .map_err(|e| kernel_fatal(spec, "initrd", path, e))?,
-        ),
+        .map_err(image_error("kernel", source.kernel()))?;
+    let initrd = match (source.initrd(), images.initrd.as_mut()) {
+        (Some(path), Some(f)) => {
+            Some(kernel::load_initrd(mem, f, &kernel).map_err(image_error("initrd", path))?)
+        }
         _ => None,
     };
     Ok((kernel, initrd))
@@ -90,18 +154,18 @@ pub fn load_images(
 /// reported as such (exit 2) even on a host without KVM.
 pub struct HostResources {
     images: Images,
-    kvm: Result<Kvm, Fatal>,
-    devices: Result<Vec<Box<dyn VirtioDevice>>, Fatal>,
+    kvm: Result<Kvm, Error>,
+    devices: Result<Vec<Box<dyn VirtioDevice>>, device_manager::Error>,
 }
 
-pub fn open_host(spec: &VmSpec, fds: &HandedFds) -> Result<HostResources, Fatal> {
-    if spec.vcpus == 0 {
-        return Err(Fatal::invalid("a guest needs at least one vCPU"));
+pub fn open_host(source: &VmSource, fds: HandedFds) -> Result<HostResources, Error> {
+    if source.vcpus() == 0 {
+        return Err(Error::NoVcpus);
     }
-    let images = open_images(spec)?;
-    let kvm = Kvm::new().map_err(|e| Fatal::vmm(format!("cannot open /dev/kvm: {e}")));
-    let devices = match &spec.guest {
-        Some(guest) => virtio_attach::open_devices(guest, fds),
+    let images = open_images(source)?;
+    let kvm = Kvm::new().map_err(Error::Kvm);
+    let devices = match source.guest() {
+        Some(guest) => mmio::open_devices(guest, fds),
         None => Ok(Vec::new()),
     };
     Ok(HostResources {
@@ -111,105 +175,50 @@ pub fn open_host(spec: &VmSpec, fds: &HandedFds) -> Result<HostResources, Fatal>
     })
 }
 
-pub fn guest_memory(spec: &VmSpec) -> Result<GuestMemoryMmap, Fatal> {
-    let size = u64::from(spec.memory_mib) << 20;
-    GuestMemoryMmap::from_ranges(&layout::ram_regions(size)).map_err(|e| {
-        Fatal::vmm(format!(
-            "cannot allocate {} MiB of guest memory: {e}",
-            spec.memory_mib
-        ))
-    })
-}
-
-fn irqfd(vm: &VmFd, gsi: u32) -> Result<EdgeIrq, Fatal> {
-    let evt = EventFd::new(EFD_NONBLOCK).map_err(|e| Fatal::vmm(format!("eventfd: {e}")))?;
-    vm.register_irqfd(&evt, gsi)
-        .map_err(|e| Fatal::vmm(format!("cannot register irqfd for GSI {gsi}: {e}")))?;
-    Ok(EdgeIrq(evt))
-}
-
-fn insert(bus: &mut Bus, dev: SharedDevice, base: u64, len: u64) -> Result<(), Fatal> {
-    bus.insert(dev, base, len)
-        .map_err(|e| Fatal::vmm(e.to_string()))
-}
-
-/// Guest output goes straight to fd 1, unbuffered: partial lines (shell
-/// prompts) must show up immediately.
-fn stdout_writer() -> Box<dyn Write + Send> {
-    // SAFETY: fd 1 stays open for the life of the process; ManuallyDrop
-    // keeps the File from closing it.
-    let file = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(1) });
-    struct Stdout(std::mem::ManuallyDrop<File>);
-    impl Write for Stdout {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            (&*self.0).write(buf)
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    Box::new(Stdout(file))
+pub fn guest_memory(source: &VmSource) -> Result<GuestMemoryMmap, Error> {
+    let mib = source.memory_mib();
+    GuestMemoryMmap::from_ranges(&layout::ram_regions(u64::from(mib) << 20))
+        .map_err(|e| Error::Memory { mib, source: e })
 }
 
 /// Builds the VM from what [`open_host`] opened. Runs after the privilege
 /// drop: this is where the kernel images are parsed.
-pub fn build(spec: &VmSpec, host: HostResources) -> Result<Vmm, Fatal> {
-    let mem = guest_memory(spec)?;
-    let (kernel, initrd) = load_images(spec, &mem, host.images)?;
+pub fn build(source: &VmSource, host: HostResources) -> Result<Vmm, Error> {
+    let mem = guest_memory(source)?;
+    let (kernel, initrd) = load_images(source, &mem, host.images)?;
 
     let kvm = host.kvm?;
-    let max_vcpus = kvm.get_max_vcpus();
-    if usize::from(spec.vcpus) > max_vcpus {
-        return Err(Fatal::invalid(format!(
-            "{} vCPUs requested, this host supports {max_vcpus}",
-            spec.vcpus
-        )));
+    let vcpu_count = source.vcpus();
+    let max = kvm.get_max_vcpus();
+    if usize::from(vcpu_count) > max {
+        return Err(Error::TooManyVcpus {
+            requested: vcpu_count,
+            max,
+        });
     }
-    let vm = Arc::new(vm::create_vm(&kvm, &mem).map_err(Fatal::vmm)?);
-    let exit = Arc::new(ExitHandle::new().map_err(|e| Fatal::vmm(format!("eventfd: {e}")))?);
+    let vm = Arc::new(vm::create_vm(&kvm, &mem)?);
+    let exit = Arc::new(ExitHandle::new().map_err(Error::EventFd)?);
 
     let mut pio = Bus::new("I/O port");
-    let mut mmio = Bus::new("MMIO");
-    let serial = Arc::new(Mutex::new(SerialDevice::new(
-        irqfd(&vm, SERIAL_IRQ)?,
-        stdout_writer(),
-    )));
-    insert(&mut pio, serial.clone(), u64::from(SERIAL_PORT), 8)?;
-    let i8042 = Arc::new(Mutex::new(I8042::new(irqfd(&vm, I8042_IRQ)?, exit.clone())));
-    insert(&mut pio, i8042.clone(), u64::from(I8042_PORT), 5)?;
-    insert(
-        &mut pio,
-        Arc::new(Mutex::new(Cmos::new())),
-        u64::from(CMOS_PORT),
-        2,
-    )?;
-    let sci = KvmIrqLine {
-        vm: vm.clone(),
-        gsi: SCI_IRQ,
-    };
-    let pm = Arc::new(Mutex::new(AcpiPm::new(Box::new(sci), exit.clone())));
-    insert(
-        &mut pio,
-        pm.clone(),
-        u64::from(PM1A_EVT_PORT),
-        acpi_pm::BLOCK_LEN,
-    )?;
-
+    let mut mmio_bus = Bus::new("MMIO");
+    let legacy = legacy::attach(&vm, &exit, &mut pio)?;
     let devices = host.devices?;
-    let virtio = match &spec.guest {
-        Some(guest) => virtio_attach::attach(guest, devices, &vm, &mem, &mut mmio)?,
-        None => Default::default(),
+    let virtio = match source.guest() {
+        Some(guest) => mmio::attach(guest, devices, &vm, &mem, &mut mmio_bus)?,
+        None => mmio::Attached::default(),
     };
 
-    let cmdline = boot::build_cmdline(&spec.cmdline, &virtio.slots).map_err(|e| {
-        Fatal::invalid(match &spec.definition {
-            Some(def) => format!("{}: {e}", def.display()),
-            None => e,
-        })
-    })?;
-    let rsdp = acpi::create_tables(&mem, spec.vcpus).map_err(Fatal::vmm)?;
-    regs::setup_boot_tables(&mem).map_err(|e| Fatal::vmm(e.to_string()))?;
-    let ram = layout::ram_regions(u64::from(spec.memory_mib) << 20);
+    let cmdline =
+        boot::build_cmdline(source.cmdline(), &virtio.slots).map_err(|e| Error::Cmdline {
+            definition: source
+                .definition()
+                .map(|def| format!("{}: ", def.display()))
+                .unwrap_or_default(),
+            source: e,
+        })?;
+    let rsdp = acpi::create_tables(&mem, vcpu_count)?;
+    regs::setup_boot_tables(&mem)?;
+    let ram = layout::ram_regions(u64::from(source.memory_mib()) << 20);
     boot::write_boot_params(
         &mem,
         &BootInfo {
@@ -220,32 +229,62 @@ pub fn build(spec: &VmSpec, host: HostResources) -> Result<Vmm, Fatal> {
             rsdp,
         },
     )
-    .map_err(Fatal::vmm)?;
+    .map_err(Error::BootParams)?;
 
-    let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
-    let vcpus = (0..spec.vcpus)
+    let buses = (Arc::new(pio), Arc::new(mmio_bus));
+    let vcpus = (0..vcpu_count)
         .map(|id| {
             Vcpu::new(
                 &kvm,
                 &vm,
                 id,
-                spec.vcpus,
+                vcpu_count,
                 kernel.entry,
-                (pio.clone(), mmio.clone()),
+                buses.clone(),
                 exit.clone(),
             )
-            .map_err(Fatal::vmm)
+            .map_err(Error::Vcpu)
         })
         .collect::<Result<Vec<_>, _>>()?;
 
     Ok(Vmm {
         vcpus,
-        serial,
-        i8042,
-        pm,
+        serial: legacy.serial,
+        i8042: legacy.i8042,
+        pm: legacy.pm,
         exit,
         workers: virtio.workers,
         mem,
         _kvm: kvm,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_whose_fault_it_is() {
+        assert_eq!(Error::NoVcpus.exit(), VmmExit::Invalid);
+        let image = Error::Image {
+            what: "kernel k".into(),
+            source: kernel::Error::Format("file is empty".into()),
+        };
+        assert_eq!(image.exit(), VmmExit::Invalid);
+        assert_eq!(
+            image.to_string(),
+            "kernel k: not a bzImage or ELF vmlinux: file is empty"
+        );
+        assert_eq!(Error::from(acpi::Error::TooBig).exit(), VmmExit::Error);
+        let devices = Error::from(device_manager::Error::FdIndex {
+            flag: "--disk-fd",
+            index: 1,
+            count: 1,
+        });
+        assert_eq!(devices.exit(), VmmExit::Invalid);
+        assert_eq!(
+            devices.to_string(),
+            "--disk-fd 1=...: the definition has only 1 such device(s)"
+        );
+    }
 }

@@ -13,18 +13,41 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use hvcontract::VmmExit;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::builder::Vmm;
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::legacy::{SerialDevice, I8042};
-use crate::devices::virtio::WorkerGate;
-use crate::error::Fatal;
-use crate::exit::{ExitHandle, ExitReason};
+use crate::devices::virtio::{NotStarted, WorkerGate};
+use crate::exit::ExitHandle;
 use crate::seccomp::{self, ThreadKind};
 use crate::signals::SignalFd;
 use crate::terminal::RawTerminal;
+
+/// A failure while the VM runs: always the vmm's or the host's.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot install vCPU kick handler: {0}")]
+    KickHandler(vmm_sys_util::errno::Error),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::Error),
+    #[error("no seccomp filter for virtio device type {0}")]
+    NoWorkerFilter(u32),
+    #[error(transparent)]
+    Worker(#[from] NotStarted),
+    #[error("cannot start vCPU thread: {0}")]
+    VcpuThread(io::Error),
+    #[error("cannot start the console writer thread: {0}")]
+    ConsoleThread(io::Error),
+    #[error("cannot install seccomp filter: {0}")]
+    ApplyFilter(seccompiler::Error),
+    #[error("epoll: {0}")]
+    Epoll(io::Error),
+    #[error("signalfd: {0}")]
+    SignalFd(io::Error),
+}
 
 pub struct RunOptions {
     pub seccomp: bool,
@@ -82,11 +105,10 @@ struct Controls {
 }
 
 /// Runs the VM to completion; returns why it stopped.
-pub fn run(vmm: Vmm, signals: &SignalFd, opts: &RunOptions) -> Result<ExitReason, Fatal> {
-    register_signal_handler(kick_signal(), on_kick)
-        .map_err(|e| Fatal::vmm(format!("cannot install vCPU kick handler: {e}")))?;
+pub fn run(vmm: Vmm, signals: &SignalFd, opts: &RunOptions) -> Result<VmmExit, Error> {
+    register_signal_handler(kick_signal(), on_kick).map_err(Error::KickHandler)?;
     if opts.seccomp {
-        seccomp::install_sigsys_handler().map_err(Fatal::vmm)?;
+        seccomp::install_sigsys_handler()?;
     }
     // Set up before the filters go on.
     let terminal = RawTerminal::stdin();
@@ -106,20 +128,16 @@ pub fn run(vmm: Vmm, signals: &SignalFd, opts: &RunOptions) -> Result<ExitReason
     // workers' go on first, before any vCPU exists to hand them queues.
     start_workers(workers, opts.seccomp)?;
     let console_filter = match opts.seccomp {
-        true => Some(Arc::new(
-            seccomp::filter(ThreadKind::Console).map_err(Fatal::vmm)?,
-        )),
+        true => Some(Arc::new(seccomp::filter(ThreadKind::Console)?)),
         false => None,
     };
     lock(&serial)
         .start_output(console_filter)
-        .map_err(|e| Fatal::vmm(format!("cannot start the console writer: {e}")))?;
+        .map_err(Error::ConsoleThread)?;
     let start = Arc::new(Barrier::new(vcpus.len() + 1));
     let stop = Arc::new(AtomicBool::new(false));
     let vcpu_filter = match opts.seccomp {
-        true => Some(Arc::new(
-            seccomp::filter(ThreadKind::Vcpu).map_err(Fatal::vmm)?,
-        )),
+        true => Some(Arc::new(seccomp::filter(ThreadKind::Vcpu)?)),
         false => None,
     };
     let mut handles = Vec::new();
@@ -129,7 +147,7 @@ pub fn run(vmm: Vmm, signals: &SignalFd, opts: &RunOptions) -> Result<ExitReason
         let handle = thread::Builder::new()
             .name(format!("vcpu{}", vcpu.id()))
             .spawn(move || vcpu.run(start, filter, stop, started))
-            .map_err(|e| Fatal::vmm(format!("cannot start vCPU thread: {e}")))?;
+            .map_err(Error::VcpuThread)?;
         handles.push(handle);
     }
     let threads = VcpuThreads { handles, stop };
@@ -145,9 +163,8 @@ pub fn run(vmm: Vmm, signals: &SignalFd, opts: &RunOptions) -> Result<ExitReason
     // the main thread.
     start.wait();
     if opts.seccomp {
-        let main = seccomp::filter(ThreadKind::Main).map_err(Fatal::vmm)?;
-        seccompiler::apply_filter(&main)
-            .map_err(|e| Fatal::vmm(format!("cannot install seccomp filter: {e}")))?;
+        let main = seccomp::filter(ThreadKind::Main)?;
+        seccompiler::apply_filter(&main).map_err(Error::ApplyFilter)?;
     }
 
     let result = main_loop(
@@ -158,7 +175,7 @@ pub fn run(vmm: Vmm, signals: &SignalFd, opts: &RunOptions) -> Result<ExitReason
         opts.shutdown_timeout,
     );
     if result.is_err() {
-        controls.exit.request(ExitReason::Error);
+        controls.exit.request(VmmExit::Error);
     }
     threads.stop();
     drop(terminal);
@@ -166,21 +183,17 @@ pub fn run(vmm: Vmm, signals: &SignalFd, opts: &RunOptions) -> Result<ExitReason
 }
 
 /// Lets each virtio worker run, under the filter for its device kind.
-fn start_workers(workers: Vec<WorkerGate>, seccomp: bool) -> Result<(), Fatal> {
+fn start_workers(workers: Vec<WorkerGate>, seccomp: bool) -> Result<(), Error> {
     for gate in workers {
         let filter = match seccomp {
             true => {
-                let kind = ThreadKind::virtio_worker(gate.device_type()).ok_or_else(|| {
-                    Fatal::vmm(format!(
-                        "no seccomp filter for virtio device type {}",
-                        gate.device_type()
-                    ))
-                })?;
-                Some(seccomp::filter(kind).map_err(Fatal::vmm)?)
+                let kind = ThreadKind::virtio_worker(gate.device_type())
+                    .ok_or(Error::NoWorkerFilter(gate.device_type()))?;
+                Some(seccomp::filter(kind)?)
             }
             false => None,
         };
-        gate.open(filter).map_err(Fatal::vmm)?;
+        gate.open(filter)?;
     }
     Ok(())
 }
@@ -190,8 +203,8 @@ fn event_set(
     c: &Controls,
     signals: &SignalFd,
     terminal: Option<&RawTerminal>,
-) -> Result<Epoll, Fatal> {
-    let epoll = Epoll::new().map_err(|e| Fatal::vmm(format!("epoll: {e}")))?;
+) -> Result<Epoll, Error> {
+    let epoll = Epoll::new().map_err(Error::Epoll)?;
     let add = |fd: i32, token: u64| {
         epoll
             .ctl(
@@ -199,7 +212,7 @@ fn event_set(
                 fd,
                 EpollEvent::new(EventSet::IN, token),
             )
-            .map_err(|e| Fatal::vmm(format!("epoll: {e}")))
+            .map_err(Error::Epoll)
     };
     add(c.exit.eventfd().as_raw_fd(), TOKEN_EXIT)?;
     add(signals.as_raw_fd(), TOKEN_SIGNAL)?;
@@ -215,18 +228,18 @@ fn main_loop(
     signals: &SignalFd,
     terminal: Option<&RawTerminal>,
     timeout: Duration,
-) -> Result<ExitReason, Fatal> {
+) -> Result<VmmExit, Error> {
     let mut deadline: Option<Instant> = None;
     let mut repeat_at: Option<Instant> = None;
     let mut events = [EpollEvent::default(); 4];
     loop {
         if let Some(reason) = c.exit.reason() {
             return Ok(match (reason, deadline) {
-                (ExitReason::Reboot, Some(_)) => {
+                (VmmExit::Reboot, Some(_)) => {
                     log::info!(
                         "guest restarted after the shutdown request; treating it as powered off"
                     );
-                    ExitReason::PowerOff
+                    VmmExit::PoweredOff
                 }
                 _ => reason,
             });
@@ -236,23 +249,23 @@ fn main_loop(
             (d, r) => d.or(r),
         };
         let wait_ms = match wake {
-            Some(d) => d
-                .saturating_duration_since(Instant::now())
-                .as_millis()
-                .min(i32::MAX as u128) as i32,
+            Some(d) => {
+                let ms = d.saturating_duration_since(Instant::now()).as_millis();
+                i32::try_from(ms).unwrap_or(i32::MAX)
+            }
             None => -1,
         };
         let n = match epoll.wait(wait_ms, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Fatal::vmm(format!("epoll: {e}"))),
+            Err(e) => return Err(Error::Epoll(e)),
         };
         if n == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
             log::warn!(
                 "guest did not shut down within {} s; stopping it",
                 timeout.as_secs()
             );
-            return Ok(ExitReason::HostStop);
+            return Ok(VmmExit::StoppedByHost);
         }
         if repeat_at.is_some_and(|at| Instant::now() >= at) {
             log::debug!("guest still running: repeating the shutdown request");
@@ -261,19 +274,16 @@ fn main_loop(
             // read as a "force reboot" to the guest's init.
             repeat_at = Some(Instant::now() + REQUEST_REPEAT);
         }
-        for event in &events[..n] {
+        for event in events.iter().take(n) {
             match event.data() {
                 TOKEN_EXIT => {
                     let _ = c.exit.eventfd().read();
                 }
                 TOKEN_SIGNAL => {
-                    while let Some(sig) = signals
-                        .read()
-                        .map_err(|e| Fatal::vmm(format!("signalfd: {e}")))?
-                    {
+                    while let Some(sig) = signals.read().map_err(Error::SignalFd)? {
                         if deadline.is_some() {
                             log::warn!("signal {sig} again: stopping the guest hard");
-                            return Ok(ExitReason::HostStop);
+                            return Ok(VmmExit::StoppedByHost);
                         }
                         log::info!("signal {sig}: asking the guest to shut down");
                         request_shutdown(c);
@@ -312,7 +322,7 @@ fn forward_input(t: &RawTerminal, serial: &Mutex<SerialDevice>, epoll: &Epoll) {
             let _ = epoll.ctl(ControlOperation::Delete, t.fd(), EpollEvent::default());
         }
         Ok(n) => {
-            lock(serial).enqueue_input(&buf[..n]);
+            lock(serial).enqueue_input(buf.get(..n).unwrap_or_default());
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
         Err(e) => {

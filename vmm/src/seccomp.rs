@@ -20,10 +20,19 @@ use std::collections::BTreeMap;
 use std::convert::TryInto;
 
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
+    SeccompFilter, SeccompRule, TargetArch,
 };
 use virtio_bindings::virtio_ids::{VIRTIO_ID_BLOCK, VIRTIO_ID_NET, VIRTIO_ID_RNG};
+
+/// A filter that does not compile, or a handler that does not go on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("seccomp filter: {0}")]
+    Filter(BackendError),
+    #[error("cannot install SIGSYS handler: {0}")]
+    SigsysHandler(vmm_sys_util::errno::Error),
+}
 
 /// `_IO(KVMIO, 0x80)`
 const KVM_RUN: u64 = 0xae80;
@@ -149,13 +158,13 @@ fn ioctls(kind: ThreadKind) -> &'static [u64] {
     }
 }
 
-fn arg_equals(index: u8, value: u64) -> Result<SeccompRule, String> {
+fn arg_equals(index: u8, value: u64) -> Result<SeccompRule, Error> {
     let cond = SeccompCondition::new(index, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
-        .map_err(|e| e.to_string())?;
-    SeccompRule::new(vec![cond]).map_err(|e| e.to_string())
+        .map_err(Error::Filter)?;
+    SeccompRule::new(vec![cond]).map_err(Error::Filter)
 }
 
-fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
+fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Error> {
     let mut map: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     let worker: &[i64] = if is_virtio_worker(kind) {
         VIRTIO_WORKER
@@ -182,21 +191,19 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
 /// Compiles the allow-list for one thread kind. Anything else traps
 /// (SIGSYS), and the handler installed by [`install_sigsys_handler`] names
 /// the offending system call before exiting.
-pub fn filter(kind: ThreadKind) -> Result<BpfProgram, String> {
+pub fn filter(kind: ThreadKind) -> Result<BpfProgram, Error> {
     compile(rules(kind)?)
 }
 
-fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>) -> Result<BpfProgram, String> {
+fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>) -> Result<BpfProgram, Error> {
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Trap,
         SeccompAction::Allow,
         TargetArch::x86_64,
     )
-    .map_err(|e| format!("seccomp filter: {e}"))?;
-    filter
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| format!("seccomp filter: {e}"))
+    .map_err(Error::Filter)?;
+    filter.try_into().map_err(Error::Filter)
 }
 
 #[cfg(test)]
@@ -228,9 +235,9 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
     }
 }
 
-pub fn install_sigsys_handler() -> Result<(), String> {
+pub fn install_sigsys_handler() -> Result<(), Error> {
     vmm_sys_util::signal::register_signal_handler(libc::SIGSYS, on_sigsys)
-        .map_err(|e| format!("cannot install SIGSYS handler: {e}"))
+        .map_err(Error::SigsysHandler)
 }
 
 #[cfg(test)]

@@ -5,10 +5,13 @@
 
 use std::sync::Arc;
 
+use hvcontract::VmmExit;
+
 use crate::arch::x86_64::acpi::S5_SLP_TYP;
 use crate::devices::bus::BusDevice;
 use crate::devices::irq::LevelIrq;
-use crate::exit::{ExitHandle, ExitReason};
+use crate::devices::virtio::Complaints;
+use crate::exit::ExitHandle;
 
 /// Offsets within the 6-byte block: PM1a_STS, PM1a_EN (event block, 4
 /// bytes) followed by PM1a_CNT.
@@ -29,6 +32,8 @@ pub struct AcpiPm {
     regs: [u16; 3],
     sci: Box<dyn LevelIrq>,
     exit: Arc<ExitHandle>,
+    /// The guest can ask for an unsupported sleep state in a loop.
+    complaints: Complaints,
 }
 
 impl AcpiPm {
@@ -38,6 +43,7 @@ impl AcpiPm {
             regs: [0, 0, SCI_EN],
             sci,
             exit,
+            complaints: Complaints::new("acpi"),
         }
     }
 
@@ -69,44 +75,50 @@ impl AcpiPm {
     }
 
     fn sleep(&mut self, typ: u16) {
-        if typ == S5_SLP_TYP {
-            self.exit.request(ExitReason::PowerOff);
+        if typ == u16::from(S5_SLP_TYP) {
+            self.exit.request(VmmExit::PoweredOff);
         } else {
-            log::warn!("acpi: guest asked for unsupported sleep type {typ}; ignored");
+            self.complaints.warn(format_args!(
+                "guest asked for unsupported sleep type {typ}; ignored"
+            ));
         }
     }
 }
 
 impl BusDevice for AcpiPm {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
+        // Bytes past the block read as all ones.
+        let base = usize::try_from(offset).unwrap_or(usize::MAX);
         for (i, byte) in data.iter_mut().enumerate() {
-            let at = offset as usize + i;
+            let at = base.saturating_add(i);
             let reg = self.regs.get(at / 2).copied().unwrap_or(0xffff);
             let reg = if at / 2 == 0 {
                 reg & STS_IMPLEMENTED
             } else {
                 reg
             };
-            *byte = reg.to_le_bytes()[at % 2];
+            let [low, high] = reg.to_le_bytes();
+            *byte = if at % 2 == 0 { low } else { high };
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         // Group bytes per 16-bit register so a 2- or 4-byte access updates
         // each register once (SLP_TYP and SLP_EN arrive together).
-        let mut i = 0;
-        while i < data.len() {
-            let at = offset as usize + i;
+        let Ok(base) = usize::try_from(offset) else {
+            return;
+        };
+        let mut bytes = (base..).zip(data).peekable();
+        while let Some(&(at, _)) = bytes.peek() {
             let reg = at & !1;
             if reg > CNT {
                 return;
             }
             let (mut value, mut mask) = (0u16, 0u16);
-            while i < data.len() && (offset as usize + i) & !1 == reg {
-                let shift = 8 * ((offset as usize + i) % 2);
-                value |= u16::from(data[i]) << shift;
+            while let Some((at, &byte)) = bytes.next_if(|&(at, _)| at & !1 == reg) {
+                let shift = 8 * (at % 2);
+                value |= u16::from(byte) << shift;
                 mask |= 0xff << shift;
-                i += 1;
             }
             self.store(reg, value, mask);
         }
@@ -145,13 +157,16 @@ mod tests {
     fn s5_powers_off() {
         let (mut dev, _, exit) = device();
         // ACPICA first writes SLP_TYP alone, then with SLP_EN.
-        dev.write(CNT as u64, &(S5_SLP_TYP << SLP_TYP_SHIFT).to_le_bytes());
+        dev.write(
+            CNT as u64,
+            &(u16::from(S5_SLP_TYP) << SLP_TYP_SHIFT).to_le_bytes(),
+        );
         assert_eq!(exit.reason(), None);
         dev.write(
             CNT as u64,
-            &((S5_SLP_TYP << SLP_TYP_SHIFT) | SLP_EN).to_le_bytes(),
+            &((u16::from(S5_SLP_TYP) << SLP_TYP_SHIFT) | SLP_EN).to_le_bytes(),
         );
-        assert_eq!(exit.reason(), Some(ExitReason::PowerOff));
+        assert_eq!(exit.reason(), Some(VmmExit::PoweredOff));
         assert_eq!(read16(&mut dev, CNT as u64) & SLP_EN, 0);
     }
 
@@ -161,6 +176,19 @@ mod tests {
         dev.write(CNT as u64, &((3 << SLP_TYP_SHIFT) | SLP_EN).to_le_bytes());
         assert_eq!(exit.reason(), None);
         assert_eq!(read16(&mut dev, CNT as u64) & SCI_EN, SCI_EN);
+    }
+
+    #[test]
+    fn a_sleep_request_flood_logs_a_bounded_number_of_lines() {
+        use crate::devices::virtio::complaints_test_log::lines_logged_by;
+        let (mut dev, _, exit) = device();
+        let lines = lines_logged_by(|| {
+            for _ in 0..10_000 {
+                dev.write(CNT as u64, &((3 << SLP_TYP_SHIFT) | SLP_EN).to_le_bytes());
+            }
+        });
+        assert!((1..=16).contains(&lines), "{lines} lines logged");
+        assert_eq!(exit.reason(), None);
     }
 
     #[test]

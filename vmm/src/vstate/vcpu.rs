@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use hvcontract::VmmExit;
 use kvm_bindings::{
     kvm_run, KVM_EXIT_IO, KVM_EXIT_IO_IN, KVM_EXIT_IO_OUT, KVM_SYSTEM_EVENT_CRASH,
     KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
@@ -14,7 +15,7 @@ use seccompiler::BpfProgram;
 
 use crate::arch::x86_64::{cpuid, regs};
 use crate::devices::bus::Bus;
-use crate::exit::{ExitHandle, ExitReason};
+use crate::exit::ExitHandle;
 
 pub struct Vcpu {
     id: u8,
@@ -90,7 +91,7 @@ impl Vcpu {
         if let Some(filter) = filter {
             if let Err(e) = seccompiler::apply_filter(&filter) {
                 log::error!("vCPU {}: cannot install seccomp filter: {e}", self.id);
-                self.exit.request(ExitReason::Error);
+                self.exit.request(VmmExit::Error);
                 return;
             }
         }
@@ -115,7 +116,7 @@ impl Vcpu {
     }
 
     /// One KVM_RUN; `Some` when the VM must stop.
-    fn run_once(&mut self) -> Option<ExitReason> {
+    fn run_once(&mut self) -> Option<VmmExit> {
         let id = self.id;
         match self.fd.run() {
             // kvm-ioctls hands over the data of a string instruction as one
@@ -127,7 +128,7 @@ impl Vcpu {
                 // exit in it.
                 if let Err(e) = unsafe { port_io(self.fd.get_kvm_run(), self.run_size, &self.pio) } {
                     log::error!("vCPU {id}: {e}");
-                    return Some(ExitReason::Error);
+                    return Some(VmmExit::Error);
                 }
             }
             Ok(VcpuExit::MmioRead(addr, data)) => self.mmio.read(addr, data),
@@ -135,24 +136,24 @@ impl Vcpu {
             Ok(VcpuExit::Intr) => {}
             Ok(VcpuExit::Shutdown) => {
                 log::warn!("vCPU {id}: guest shut down the CPU (triple fault)");
-                return Some(ExitReason::Crash);
+                return Some(VmmExit::Crash);
             }
             Ok(VcpuExit::FailEntry(reason, cpu)) => {
                 log::error!("vCPU {id}: VM entry failed (reason {reason:#x}, cpu {cpu})");
-                return Some(ExitReason::Crash);
+                return Some(VmmExit::Crash);
             }
             Ok(VcpuExit::InternalError) => {
                 log::error!("vCPU {id}: KVM internal error");
-                return Some(ExitReason::Crash);
+                return Some(VmmExit::Crash);
             }
             Ok(VcpuExit::SystemEvent(kind, _)) => {
                 return Some(match kind {
-                    KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
-                    KVM_SYSTEM_EVENT_RESET => ExitReason::Reboot,
-                    KVM_SYSTEM_EVENT_CRASH => ExitReason::Crash,
+                    KVM_SYSTEM_EVENT_SHUTDOWN => VmmExit::PoweredOff,
+                    KVM_SYSTEM_EVENT_RESET => VmmExit::Reboot,
+                    KVM_SYSTEM_EVENT_CRASH => VmmExit::Crash,
                     other => {
                         log::error!("vCPU {id}: unknown system event {other}");
-                        ExitReason::Error
+                        VmmExit::Error
                     }
                 });
             }
@@ -160,16 +161,16 @@ impl Vcpu {
             // does anyway the guest has stopped for good.
             Ok(VcpuExit::Hlt) => {
                 log::error!("vCPU {id}: unexpected HLT exit");
-                return Some(ExitReason::Crash);
+                return Some(VmmExit::Crash);
             }
             Ok(other) => {
                 log::error!("vCPU {id}: unexpected exit {other:?}");
-                return Some(ExitReason::Error);
+                return Some(VmmExit::Error);
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
             Err(e) => {
                 log::error!("vCPU {id}: KVM_RUN failed: {e}");
-                return Some(ExitReason::Error);
+                return Some(VmmExit::Error);
             }
         }
         None

@@ -16,9 +16,24 @@ use super::layout::{
     ACPI_END, ACPI_START, APIC_ADDR, IOAPIC_ADDR, PM1A_CNT_PORT, PM1A_EVT_PORT, SCI_IRQ,
 };
 
+/// Why the tables could not be written: the vmm's problem, never the
+/// guest's.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("ACPI table at {0:#x} is above 4 GiB")]
+    Above4G(u64),
+    #[error("ACPI tables do not fit in the BIOS area")]
+    TooBig,
+    #[error("cannot write ACPI tables: {0}")]
+    Write(vm_memory::GuestMemoryError),
+}
+
 /// Sleep type the guest writes to PM1a_CNT.SLP_TYP to enter S5 (soft off);
 /// advertised in the DSDT's `\_S5_` package.
-pub const S5_SLP_TYP: u16 = 5;
+pub const S5_SLP_TYP: u8 = 5;
+/// The SCI as the one-byte IRQ number the tables carry.
+const SCI_IRQ_BYTE: u8 = 9;
+const _: () = assert!(SCI_IRQ_BYTE as u32 == SCI_IRQ);
 
 const OEM_ID: [u8; 6] = *b"HVVMM ";
 const OEM_TABLE_ID: [u8; 8] = *b"HVVMM   ";
@@ -48,7 +63,7 @@ fn fadt(facs: u32, dsdt: u32) -> Vec<u8> {
         .flag(Flags::ProcC1)
         // Set means "no fixed sleep button"; the power button stays fixed.
         .flag(Flags::SlpButton);
-    f.sci_int = (SCI_IRQ as u16).into();
+    f.sci_int = u16::from(SCI_IRQ_BYTE).into();
     // SMI_CMD stays 0: the hardware is always in ACPI mode.
     f.pm1a_evt_blk = u32::from(PM1A_EVT_PORT).into();
     f.pm1a_cnt_blk = u32::from(PM1A_CNT_PORT).into();
@@ -65,7 +80,7 @@ fn fadt(facs: u32, dsdt: u32) -> Vec<u8> {
 
 /// DSDT holding only `Name (_S5_, Package () { 5, 5, 0, 0 })`.
 fn dsdt() -> Vec<u8> {
-    let typ = S5_SLP_TYP as u8;
+    let typ = S5_SLP_TYP;
     let mut dsdt = Sdt::new(*b"DSDT", HEADER_LEN, 2, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     Name::new("_S5_".into(), &Package::new(vec![&typ, &typ, &0u8, &0u8])).to_aml_bytes(&mut dsdt);
     dsdt.as_slice().to_vec()
@@ -93,7 +108,7 @@ fn madt(vcpus: u8) -> Vec<u8> {
         ProcessorLocalApic::new(id, id, EnabledStatus::Enabled).to_aml_bytes(&mut madt);
     }
     IoApic::new(0, IOAPIC_ADDR, 0).to_aml_bytes(&mut madt);
-    madt.append_slice(&[2, 10, 0, SCI_IRQ as u8]);
+    madt.append_slice(&[2, 10, 0, SCI_IRQ_BYTE]);
     madt.append_slice(&SCI_IRQ.to_le_bytes());
     madt.append_slice(&LEVEL_ACTIVE_HIGH.to_le_bytes());
     madt.append_slice(&[4, 6, 0xff, 0, 0, 1]);
@@ -101,7 +116,7 @@ fn madt(vcpus: u8) -> Vec<u8> {
 }
 
 /// Writes all tables; returns the RSDP address for `boot_params`.
-pub fn create_tables(mem: &GuestMemoryMmap, vcpus: u8) -> Result<GuestAddress, String> {
+pub fn create_tables(mem: &GuestMemoryMmap, vcpus: u8) -> Result<GuestAddress, Error> {
     let mut tables = Vec::new();
     let mut next = ACPI_START;
     let mut place = |table: Vec<u8>| {
@@ -112,7 +127,9 @@ pub fn create_tables(mem: &GuestMemoryMmap, vcpus: u8) -> Result<GuestAddress, S
     };
     let facs = place(bytes(&FACS::new()));
     let dsdt = place(dsdt());
-    let fadt = place(fadt(facs as u32, dsdt as u32));
+    // The FADT's 32-bit pointers; the tables live below 1 MiB.
+    let below_4g = |addr: u64| u32::try_from(addr).map_err(|_| Error::Above4G(addr));
+    let fadt = place(fadt(below_4g(facs)?, below_4g(dsdt)?));
     let madt = place(madt(vcpus));
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(fadt);
@@ -120,11 +137,11 @@ pub fn create_tables(mem: &GuestMemoryMmap, vcpus: u8) -> Result<GuestAddress, S
     let xsdt = place(bytes(&xsdt));
     let rsdp = place(bytes(&Rsdp::new(OEM_ID, xsdt)));
     if next > ACPI_END {
-        return Err("ACPI tables do not fit in the BIOS area".into());
+        return Err(Error::TooBig);
     }
     for (addr, table) in tables {
         mem.write_slice(&table, GuestAddress(addr))
-            .map_err(|e| format!("cannot write ACPI tables: {e}"))?;
+            .map_err(Error::Write)?;
     }
     Ok(GuestAddress(rsdp))
 }

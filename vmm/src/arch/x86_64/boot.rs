@@ -1,6 +1,6 @@
 //! The Linux boot protocol's zero page (`boot_params`) and command line.
 
-use linux_loader::cmdline::Cmdline;
+use linux_loader::cmdline::{self, Cmdline};
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::{boot_params, setup_header, E820_MAX_ENTRIES_ZEROPAGE};
@@ -11,6 +11,27 @@ use super::e820;
 use super::kernel::LoadedKernel;
 use super::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, ZERO_PAGE_START};
 
+/// Why the zero page or the command line cannot be written. A command
+/// line that does not fit is the definition's problem; the rest is the
+/// vmm's.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    CmdlineBuffer(cmdline::Error),
+    #[error("kernel command line: {0}")]
+    Cmdline(cmdline::Error),
+    #[error("kernel command line of {0} bytes")]
+    CmdlineSize(usize),
+    #[error("{what} {value:#x} does not fit the boot protocol")]
+    Above4G { what: &'static str, value: u64 },
+    #[error("too many E820 entries")]
+    E820,
+    #[error("cannot write kernel command line: {0}")]
+    WriteCmdline(linux_loader::loader::Error),
+    #[error("cannot write boot parameters: {0}")]
+    WriteBootParams(linux_loader::configurator::Error),
+}
+
 const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
 const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
 const KERNEL_LOADER_OTHER: u8 = 0xff;
@@ -18,18 +39,16 @@ const KERNEL_MIN_ALIGNMENT_BYTES: u32 = 0x100_0000;
 
 /// Guest command line: the definition's own, then one `virtio_mmio.device=`
 /// per device (the guest has no other way to discover them).
-pub fn build_cmdline(base: &str, virtio: &[(u64, u32)]) -> Result<Cmdline, String> {
-    let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| e.to_string())?;
+pub fn build_cmdline(base: &str, virtio: &[(u64, u32)]) -> Result<Cmdline, Error> {
+    let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(Error::CmdlineBuffer)?;
     let base = base.trim();
     if !base.is_empty() {
-        cmdline
-            .insert_str(base)
-            .map_err(|e| format!("kernel command line: {e}"))?;
+        cmdline.insert_str(base).map_err(Error::Cmdline)?;
     }
     for &(addr, gsi) in virtio {
         cmdline
             .insert_str(format!("virtio_mmio.device=4K@{addr:#x}:{gsi}"))
-            .map_err(|e| format!("kernel command line: {e}"))?;
+            .map_err(Error::Cmdline)?;
     }
     Ok(cmdline)
 }
@@ -45,7 +64,7 @@ pub struct BootInfo<'a> {
 
 /// Fills `boot_params` from the kernel's own setup header (bzImage) or a
 /// synthesized one (ELF).
-pub fn build_boot_params(info: &BootInfo) -> Result<boot_params, String> {
+pub fn build_boot_params(info: &BootInfo) -> Result<boot_params, Error> {
     let hdr = info.kernel.setup_header.unwrap_or_else(|| setup_header {
         boot_flag: KERNEL_BOOT_FLAG_MAGIC,
         header: KERNEL_HDR_MAGIC,
@@ -56,42 +75,47 @@ pub fn build_boot_params(info: &BootInfo) -> Result<boot_params, String> {
         hdr,
         ..Default::default()
     };
+    // The boot protocol's pointers and sizes are 32-bit: everything they
+    // describe is placed below 4 GiB.
+    let u32_field =
+        |what, value: u64| u32::try_from(value).map_err(|_| Error::Above4G { what, value });
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
-    params.hdr.cmd_line_ptr = CMDLINE_START as u32;
+    params.hdr.cmd_line_ptr = u32_field("command line address", CMDLINE_START)?;
     let cmdline_len = info
         .cmdline
         .as_cstring()
-        .map_err(|e| format!("kernel command line: {e}"))?
-        .as_bytes()
+        .map_err(Error::Cmdline)?
+        .as_bytes_with_nul()
         .len();
-    params.hdr.cmdline_size = cmdline_len as u32 + 1;
+    params.hdr.cmdline_size =
+        u32::try_from(cmdline_len).map_err(|_| Error::CmdlineSize(cmdline_len))?;
     if let Some((addr, size)) = info.initrd {
-        params.hdr.ramdisk_image = addr.0 as u32;
-        params.hdr.ramdisk_size = size as u32;
+        params.hdr.ramdisk_image = u32_field("initrd address", addr.0)?;
+        params.hdr.ramdisk_size = u32_field("initrd size", size)?;
     }
     params.acpi_rsdp_addr = info.rsdp.0;
 
     let map = e820::build(info.ram);
-    if map.len() > E820_MAX_ENTRIES_ZEROPAGE {
-        return Err("too many E820 entries".into());
-    }
+    let entries = u8::try_from(map.len())
+        .ok()
+        .filter(|&n| usize::from(n) <= E820_MAX_ENTRIES_ZEROPAGE)
+        .ok_or(Error::E820)?;
     for (slot, entry) in params.e820_table.iter_mut().zip(&map) {
         *slot = *entry;
     }
-    params.e820_entries = map.len() as u8;
+    params.e820_entries = entries;
     Ok(params)
 }
 
 /// Writes the command line and zero page into guest memory.
-pub fn write_boot_params(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<(), String> {
-    load_cmdline(mem, GuestAddress(CMDLINE_START), info.cmdline)
-        .map_err(|e| format!("cannot write kernel command line: {e}"))?;
+pub fn write_boot_params(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<(), Error> {
+    load_cmdline(mem, GuestAddress(CMDLINE_START), info.cmdline).map_err(Error::WriteCmdline)?;
     let params = build_boot_params(info)?;
     LinuxBootConfigurator::write_bootparams(
         &BootParams::new(&params, GuestAddress(ZERO_PAGE_START)),
         mem,
     )
-    .map_err(|e| format!("cannot write boot parameters: {e}"))
+    .map_err(Error::WriteBootParams)
 }
 
 #[cfg(test)]
@@ -147,7 +171,7 @@ mod tests {
         let (image, size) = (p.hdr.ramdisk_image, p.hdr.ramdisk_size);
         assert_eq!((image, size), (0x300_0000, 0x1234));
         let cmd = p.hdr.cmd_line_ptr;
-        assert_eq!(cmd, CMDLINE_START as u32);
+        assert_eq!(u64::from(cmd), CMDLINE_START);
         assert_eq!(p.e820_entries, 3);
         let rsdp = p.acpi_rsdp_addr;
         assert_eq!(rsdp, 0xe0000);

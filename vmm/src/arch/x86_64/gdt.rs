@@ -25,7 +25,10 @@ pub fn boot_gdt() -> [u64; 4] {
 /// KVM segment register state matching descriptor `index` of `table`.
 pub fn kvm_segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
     let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
-    let limit = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
+    // Limit bits 0-15 are the entry's bytes 0-1, bits 16-19 the low
+    // nibble of its byte 6.
+    let [l0, l1, _, _, _, _, l6, _] = entry.to_le_bytes();
+    let limit = u32::from_le_bytes([l0, l1, l6 & 0x0f, 0]);
     let granular = (entry >> 55) & 1 == 1;
     kvm_segment {
         base,

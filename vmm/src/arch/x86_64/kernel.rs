@@ -3,7 +3,6 @@
 //! file is reported as such rather than as an obscure loader failure or a
 //! guest that never prints anything.
 
-use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 
@@ -23,23 +22,17 @@ const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
 /// Boot protocol 2.12 introduced `xloadflags` (and with it XLF_KERNEL_64).
 const MIN_BOOT_PROTOCOL: u16 = 0x020c;
 
-#[derive(Debug)]
+/// Why a kernel or initrd cannot be booted: always the image's fault.
+#[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("{0}")]
     Io(io::Error),
     /// The file is not a kernel we can boot; the text says why.
+    #[error("not a bzImage or ELF vmlinux: {0}")]
     Format(String),
     /// The kernel does not fit in guest memory.
+    #[error("{0}")]
     TooBig(String),
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        match self {
-            Error::Io(e) => write!(f, "{e}"),
-            Error::Format(why) => write!(f, "not a bzImage or ELF vmlinux: {why}"),
-            Error::TooBig(why) => write!(f, "{why}"),
-        }
-    }
 }
 
 fn format_err(why: impl Into<String>) -> Error {
@@ -90,8 +83,8 @@ fn identify(file: &mut File) -> Result<Kind, Error> {
 
 fn read_up_to(file: &mut File, buf: &mut [u8]) -> Result<usize, Error> {
     let mut n = 0;
-    while n < buf.len() {
-        match file.read(&mut buf[n..]) {
+    while let Some(rest) = buf.get_mut(n..).filter(|rest| !rest.is_empty()) {
+        match file.read(rest) {
             Ok(0) => break,
             Ok(k) => n += k,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -195,7 +188,9 @@ pub fn load_kernel(mem: &GuestMemoryMmap, file: &mut File) -> Result<LoadedKerne
             }
             let r = BzImage::load(mem, Some(GuestAddress(load)), file, None).map_err(loader_err)?;
             let mut header = r.setup_header.unwrap_or(hdr);
-            header.code32_start = load as u32;
+            // At most the header's own 32-bit code32_start or HIMEM_START.
+            header.code32_start = u32::try_from(load)
+                .map_err(|_| format_err(format!("load address {load:#x} is above 4 GiB")))?;
             Ok(LoadedKernel {
                 entry: load + BZIMAGE_64BIT_ENTRY_OFFSET,
                 end: r.kernel_end.max(needed),
@@ -232,7 +227,7 @@ pub fn load_initrd(
                 size.div_ceil(1 << 20)
             ))
         })?;
-    mem.read_exact_volatile_from(GuestAddress(addr), file, size as usize)
+    mem.read_exact_volatile_from(GuestAddress(addr), file, super::usize_from(size))
         .map_err(|e| Error::Io(io::Error::other(e.to_string())))?;
     Ok((GuestAddress(addr), size))
 }

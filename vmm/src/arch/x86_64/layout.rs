@@ -3,6 +3,8 @@
 
 use vm_memory::GuestAddress;
 
+use super::usize_from;
+
 /// GDT used while entering 64-bit mode.
 pub const BOOT_GDT_START: u64 = 0x500;
 /// Empty IDT: the kernel installs its own before enabling interrupts.
@@ -60,13 +62,13 @@ pub const SCI_IRQ: u32 = 9;
 /// below 4 GiB free.
 pub fn ram_regions(mem_size: u64) -> Vec<(GuestAddress, usize)> {
     if mem_size <= MMIO_GAP_START {
-        vec![(GuestAddress(0), mem_size as usize)]
+        vec![(GuestAddress(0), usize_from(mem_size))]
     } else {
         vec![
-            (GuestAddress(0), MMIO_GAP_START as usize),
+            (GuestAddress(0), usize_from(MMIO_GAP_START)),
             (
                 GuestAddress(MMIO_GAP_END),
-                (mem_size - MMIO_GAP_START) as usize,
+                usize_from(mem_size - MMIO_GAP_START),
             ),
         ]
     }
@@ -90,7 +92,7 @@ mod tests {
     fn large_guest_skips_mmio_gap() {
         let regions = ram_regions(4 << 30);
         assert_eq!(regions.len(), 2);
-        assert_eq!(regions[0], (GuestAddress(0), MMIO_GAP_START as usize));
+        assert_eq!(regions[0], (GuestAddress(0), usize_from(MMIO_GAP_START)));
         assert_eq!(regions[1].0, GuestAddress(MMIO_GAP_END));
         assert_eq!(regions[1].1 as u64, (4 << 30) - MMIO_GAP_START);
     }

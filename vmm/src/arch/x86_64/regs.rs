@@ -2,8 +2,6 @@
 //! identity map of the first GiB, flat segments, `rsi` pointing at the zero
 //! page.
 
-use std::fmt;
-
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_sregs, Msrs};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -13,6 +11,9 @@ use super::layout::{
     BOOT_GDT_START, BOOT_IDT_START, BOOT_STACK_POINTER, PDE_START, PDPTE_START, PML4_START,
     ZERO_PAGE_START,
 };
+
+/// The boot GDT's limit: its four 8-byte descriptors, less one.
+const BOOT_GDT_LIMIT: u16 = 4 * 8 - 1;
 
 const X86_CR0_PE: u64 = 1 << 0;
 const X86_CR0_PG: u64 = 1 << 31;
@@ -36,19 +37,12 @@ const APIC_LVT1: usize = 0x360;
 const APIC_MODE_EXTINT: u32 = 0x7;
 const APIC_MODE_NMI: u32 = 0x4;
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("cannot write {0} to guest memory")]
     Memory(&'static str),
+    #[error("cannot set vCPU {0}: {1}")]
     Kvm(&'static str, kvm_ioctls::Error),
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        match self {
-            Error::Memory(what) => write!(f, "cannot write {what} to guest memory"),
-            Error::Kvm(what, e) => write!(f, "cannot set vCPU {what}: {e}"),
-        }
-    }
 }
 
 /// Writes the GDT, IDT and page tables shared by all vCPUs.
@@ -98,7 +92,7 @@ pub fn configure_sregs(sregs: &mut kvm_sregs) {
     let tss = kvm_segment_from_gdt(gdt[3], 3);
 
     sregs.gdt.base = BOOT_GDT_START;
-    sregs.gdt.limit = u16::try_from(std::mem::size_of_val(&gdt) - 1).unwrap_or(u16::MAX);
+    sregs.gdt.limit = BOOT_GDT_LIMIT;
     sregs.idt.base = BOOT_IDT_START;
     sregs.idt.limit = 7;
 
@@ -186,6 +180,12 @@ fn set_lint(vcpu: &VcpuFd) -> Result<(), Error> {
 mod tests {
     use super::*;
     use vm_memory::GuestMemoryMmap;
+
+    #[test]
+    fn gdt_limit_covers_the_boot_gdt() {
+        let gdt = boot_gdt();
+        assert_eq!(usize::from(BOOT_GDT_LIMIT), std::mem::size_of_val(&gdt) - 1);
+    }
 
     #[test]
     fn page_tables_identity_map_first_gib() {

@@ -9,10 +9,12 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use hvcontract::VmmExit;
+
 use crate::devices::bus::BusDevice;
 use crate::devices::irq::EdgeIrq;
 use crate::devices::legacy::{read_bytes, write_bytes, ByteRegisters};
-use crate::exit::{ExitHandle, ExitReason};
+use crate::exit::ExitHandle;
 
 const DATA_OFFSET: u64 = 0;
 const COMMAND_OFFSET: u64 = 4;
@@ -157,7 +159,7 @@ impl I8042 {
             CMD_KBD_TEST => self.push(INTERFACE_OK),
             CMD_KBD_DISABLE | CMD_KBD_ENABLE => {}
             CMD_READ_OUTPUT_PORT => self.push(OUTPUT_PORT_DEFAULT),
-            CMD_RESET_CPU => self.exit.request(ExitReason::Reboot),
+            CMD_RESET_CPU => self.exit.request(VmmExit::Reboot),
             other => log::debug!("i8042: ignored controller command {other:#04x}"),
         }
     }
@@ -170,7 +172,7 @@ impl I8042 {
             }
             Some(CMD_WRITE_OUTPUT_PORT) => {
                 if value & 1 == 0 {
-                    self.exit.request(ExitReason::Reboot);
+                    self.exit.request(VmmExit::Reboot);
                 }
             }
             // Echoed as keyboard data, which the guest takes as "no
@@ -280,7 +282,7 @@ mod tests {
     fn reset_command_requests_reboot() {
         let (mut dev, _, exit) = device();
         dev.write(COMMAND_OFFSET, &[CMD_RESET_CPU]);
-        assert_eq!(exit.reason(), Some(ExitReason::Reboot));
+        assert_eq!(exit.reason(), Some(VmmExit::Reboot));
     }
 
     #[test]
@@ -291,7 +293,7 @@ mod tests {
         assert_eq!(exit.reason(), None);
         dev.write(COMMAND_OFFSET, &[CMD_WRITE_OUTPUT_PORT]);
         dev.write(DATA_OFFSET, &[0x02]);
-        assert_eq!(exit.reason(), Some(ExitReason::Reboot));
+        assert_eq!(exit.reason(), Some(VmmExit::Reboot));
     }
 
     #[test]

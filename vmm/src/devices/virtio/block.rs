@@ -13,7 +13,7 @@ use virtio_queue::{Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
 use super::complaints::Complaints;
-use super::queue::{Chain, QueueContext};
+use super::queue::{Chain, QueueContext, MAX_BYTES_PER_EVENT};
 use super::{read_config_bytes, DeviceError, QueueProcessor, VirtioDevice};
 
 pub const QUEUE_SIZE: u16 = 256;
@@ -22,13 +22,29 @@ const ID_LEN: usize = VIRTIO_BLK_ID_BYTES as usize;
 /// Segments per request we accept; the header and status descriptors
 /// share the queue with them.
 const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Largest segment we accept (VIRTIO_BLK_F_SIZE_MAX), so no request the
+/// driver builds carries more than `SEG_MAX * SIZE_MAX` bytes of data.
+const SIZE_MAX: u32 = 64 * 1024;
+/// Longest data transfer of one request; longer chains fail with IOERR
+/// instead of holding the worker (and the disk) for the whole transfer.
+const MAX_REQUEST_BYTES: usize = SEG_MAX as usize * SIZE_MAX as usize;
+/// What a FLUSH costs against the worker's per-wake-up byte budget: a
+/// few FLUSHes per wake-up, however many the guest queues.
+const FLUSH_COST: u64 = MAX_BYTES_PER_EVENT / 4;
 /// Bounce buffer between guest memory and the file.
 const CHUNK: usize = 128 * 1024;
 const REQUEST_HEADER_LEN: usize = 16;
 
-const STATUS_OK: u8 = VIRTIO_BLK_S_OK as u8;
-const STATUS_IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
-const STATUS_UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
+/// The status byte's values (`VIRTIO_BLK_S_*`, which the bindings give
+/// as `u32`).
+const STATUS_OK: u8 = 0;
+const STATUS_IOERR: u8 = 1;
+const STATUS_UNSUPP: u8 = 2;
+const _: () = assert!(
+    STATUS_OK as u32 == VIRTIO_BLK_S_OK
+        && STATUS_IOERR as u32 == VIRTIO_BLK_S_IOERR
+        && STATUS_UNSUPP as u32 == VIRTIO_BLK_S_UNSUPP
+);
 
 /// A virtio block device.
 pub struct Block {
@@ -56,10 +72,15 @@ impl Block {
     pub fn new(mut file: File, read_only: bool) -> io::Result<Block> {
         // Works for block devices too, where metadata reports length 0.
         let size = file.seek(SeekFrom::End(0))?;
+        // The device only uses positioned I/O; the file offset goes back to
+        // the start so a stray plain write(2) on the fd cannot grow the
+        // image past its end.
+        file.seek(SeekFrom::Start(0))?;
         let meta = file.metadata()?;
         let capacity_bytes = size - size % SECTOR_SIZE;
         let mut config = [0u8; 16];
         config[0..8].copy_from_slice(&(capacity_bytes / SECTOR_SIZE).to_le_bytes());
+        config[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
         config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
         let mut block = Block {
             file: Arc::new(file),
@@ -81,8 +102,9 @@ impl Block {
 
     fn set_id(&mut self, id: &str) {
         self.id = [0; ID_LEN];
-        let n = id.len().min(ID_LEN);
-        self.id[..n].copy_from_slice(&id.as_bytes()[..n]);
+        for (dst, src) in self.id.iter_mut().zip(id.bytes()) {
+            *dst = src;
+        }
     }
 
     /// Capacity in 512-byte sectors.
@@ -103,6 +125,7 @@ impl VirtioDevice for Block {
     fn features(&self) -> u64 {
         let mut features = (1u64 << VIRTIO_BLK_F_FLUSH)
             | (1u64 << VIRTIO_BLK_F_SEG_MAX)
+            | (1u64 << VIRTIO_BLK_F_SIZE_MAX)
             | (1u64 << VIRTIO_RING_F_INDIRECT_DESC);
         if self.read_only {
             features |= 1u64 << VIRTIO_BLK_F_RO;
@@ -122,6 +145,7 @@ impl VirtioDevice for Block {
             id: self.id,
             buf: vec![0; CHUNK],
             complaints: Complaints::new("virtio-blk"),
+            io_errors: Complaints::new("virtio-blk"),
         })
     }
 }
@@ -133,14 +157,18 @@ struct BlockProcessor {
     id: [u8; ID_LEN],
     buf: Vec<u8>,
     complaints: Complaints,
+    /// Host I/O errors: a guest can re-read a bad sector forever. Counted
+    /// apart so guest misbehaviour cannot hide them.
+    io_errors: Complaints,
 }
 
 impl QueueProcessor for BlockProcessor {
     fn process_queue(&mut self, index: usize, ctx: &mut QueueContext) -> Result<(), DeviceError> {
         while let Some(chain) = ctx.pop(index)? {
             let head = chain.head_index();
-            let used = self.handle(ctx.mem(), chain);
+            let (used, cost) = self.handle(ctx.mem(), chain);
             ctx.add_used(index, head, used)?;
+            ctx.charge(cost);
         }
         Ok(())
     }
@@ -148,36 +176,38 @@ impl QueueProcessor for BlockProcessor {
 
 impl BlockProcessor {
     /// Executes one request; returns the number of bytes written into the
-    /// chain (data plus the status byte).
-    fn handle(&mut self, mem: &GuestMemoryMmap, chain: Chain) -> u32 {
+    /// chain (data plus the status byte) and what the request cost against
+    /// the wake-up's byte budget.
+    fn handle(&mut self, mem: &GuestMemoryMmap, chain: Chain) -> (u32, u64) {
         let mut data_out = match Writer::new(mem, chain.clone()) {
             Ok(w) => w,
             Err(e) => {
                 self.complaints
                     .warn(format_args!("request with bad writable buffers: {e}"));
-                return 0;
+                return (0, 0);
             }
         };
         // The status byte is the last device-writable byte of the chain.
         let Some(status_at) = data_out.available_bytes().checked_sub(1) else {
             self.complaints
                 .warn(format_args!("request without room for a status byte"));
-            return 0;
+            return (0, 0);
         };
         let Ok(mut status_out) = data_out.split_at(status_at) else {
-            return 0;
+            return (0, 0);
         };
-        let status = match self.execute(mem, chain, &mut data_out) {
+        let mut cost = 0;
+        let status = match self.execute(mem, chain, &mut data_out, &mut cost) {
             Ok(()) => STATUS_OK,
             Err(status) => status,
         };
-        let written = data_out.bytes_written();
-        if status_out.write_all(&[status]).is_err() {
-            return written as u32;
-        }
         // A chain cannot describe more than 4 GiB (virtio-queue stops
-        // iterating there), so this does not truncate.
-        (written + 1) as u32
+        // iterating there), so the saturation never happens.
+        let written = u32::try_from(data_out.bytes_written()).unwrap_or(u32::MAX);
+        if status_out.write_all(&[status]).is_err() {
+            return (written, cost);
+        }
+        (written.saturating_add(1), cost)
     }
 
     fn execute(
@@ -185,6 +215,7 @@ impl BlockProcessor {
         mem: &GuestMemoryMmap,
         chain: Chain,
         data_out: &mut Writer,
+        cost: &mut u64,
     ) -> Result<(), u8> {
         let mut data_in = Reader::new(mem, chain).map_err(|e| {
             self.complaints
@@ -201,16 +232,19 @@ impl BlockProcessor {
         match kind {
             VIRTIO_BLK_T_IN => {
                 self.expect_no_data("read", data_in.available_bytes())?;
-                self.read(sector, data_out)
+                self.read(sector, data_out, cost)
             }
             VIRTIO_BLK_T_OUT => {
                 self.expect_no_data("write", data_out.available_bytes())?;
-                self.write(sector, &mut data_in)
+                self.write(sector, &mut data_in, cost)
             }
-            VIRTIO_BLK_T_FLUSH => self.file.sync_data().map_err(|e| {
-                log::error!("virtio-blk: flush failed: {e}");
-                STATUS_IOERR
-            }),
+            VIRTIO_BLK_T_FLUSH => {
+                *cost = FLUSH_COST;
+                self.file.sync_data().map_err(|e| {
+                    self.io_errors.error(format_args!("flush failed: {e}"));
+                    STATUS_IOERR
+                })
+            }
             VIRTIO_BLK_T_GET_ID => {
                 if data_out.available_bytes() == 0 {
                     self.complaints
@@ -218,7 +252,8 @@ impl BlockProcessor {
                     return Err(STATUS_IOERR);
                 }
                 let n = data_out.available_bytes().min(ID_LEN);
-                data_out.write_all(&self.id[..n]).map_err(|_| STATUS_IOERR)
+                let id = self.id.get(..n).unwrap_or_default();
+                data_out.write_all(id).map_err(|_| STATUS_IOERR)
             }
             _ => Err(STATUS_UNSUPP),
         }
@@ -239,6 +274,12 @@ impl BlockProcessor {
     /// Byte offset of a `len`-byte transfer at `sector`, if it is whole
     /// sectors and lies inside the disk.
     fn check_range(&mut self, sector: u64, len: usize) -> Result<u64, u8> {
+        if len > MAX_REQUEST_BYTES {
+            self.complaints.warn(format_args!(
+                "{len}-byte transfer is longer than the {MAX_REQUEST_BYTES} bytes a request may move"
+            ));
+            return Err(STATUS_IOERR);
+        }
         let len = len as u64;
         let offset = sector.checked_mul(SECTOR_SIZE);
         let end = offset.and_then(|o| o.checked_add(len));
@@ -257,14 +298,18 @@ impl BlockProcessor {
         }
     }
 
-    fn read(&mut self, sector: u64, out: &mut Writer) -> Result<(), u8> {
+    fn read(&mut self, sector: u64, out: &mut Writer, cost: &mut u64) -> Result<(), u8> {
         let mut left = out.available_bytes();
         let mut offset = self.check_range(sector, left)?;
+        *cost = left as u64;
         while left > 0 {
             let n = left.min(self.buf.len());
-            let chunk = &mut self.buf[..n];
+            let Some(chunk) = self.buf.get_mut(..n) else {
+                return Err(STATUS_IOERR);
+            };
             if let Err(e) = self.file.read_exact_at(chunk, offset) {
-                log::error!("virtio-blk: read at byte {offset} failed: {e}");
+                self.io_errors
+                    .error(format_args!("read at byte {offset} failed: {e}"));
                 return Err(STATUS_IOERR);
             }
             out.write_all(chunk).map_err(|_| STATUS_IOERR)?;
@@ -274,7 +319,7 @@ impl BlockProcessor {
         Ok(())
     }
 
-    fn write(&mut self, sector: u64, data: &mut Reader) -> Result<(), u8> {
+    fn write(&mut self, sector: u64, data: &mut Reader, cost: &mut u64) -> Result<(), u8> {
         if self.read_only {
             self.complaints
                 .warn(format_args!("write to a read-only disk refused"));
@@ -282,12 +327,16 @@ impl BlockProcessor {
         }
         let mut left = data.available_bytes();
         let mut offset = self.check_range(sector, left)?;
+        *cost = left as u64;
         while left > 0 {
             let n = left.min(self.buf.len());
-            let chunk = &mut self.buf[..n];
+            let Some(chunk) = self.buf.get_mut(..n) else {
+                return Err(STATUS_IOERR);
+            };
             data.read_exact(chunk).map_err(|_| STATUS_IOERR)?;
             if let Err(e) = self.file.write_all_at(chunk, offset) {
-                log::error!("virtio-blk: write at byte {offset} failed: {e}");
+                self.io_errors
+                    .error(format_args!("write at byte {offset} failed: {e}"));
                 return Err(STATUS_IOERR);
             }
             left -= n;
@@ -306,10 +355,13 @@ fn parse_header(header: &[u8; REQUEST_HEADER_LEN]) -> (u32, u64) {
 }
 
 #[cfg(test)]
+// Test drivers split 64-bit addresses into 32-bit registers and build
+// small test patterns and lengths: the truncation is what they mean.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use crate::devices::bus::BusDevice;
-    use crate::devices::virtio::testing::{scratch_file, Driver, DATA};
+    use crate::devices::virtio::test_support::driver::{scratch_file, Driver, DATA};
     use virtio_bindings::virtio_mmio::VIRTIO_MMIO_CONFIG;
 
     const DISK: usize = 64 * 1024;
@@ -538,6 +590,104 @@ mod tests {
             0,
             "request errors must not break the device"
         );
+    }
+
+    const BIG_DISK: usize = 1 << 20;
+    /// Where each whole-disk read lands: the top MiB of guest memory.
+    const BIG_BUF: u64 = 0x10_0000;
+
+    /// Queues 256 reads of the whole 1 MiB disk (indirect chains: header,
+    /// data, status), published with a single kick.
+    fn flood_of_whole_disk_reads() -> Driver {
+        use crate::devices::virtio::test_support::driver::MEM_SIZE;
+        use virtio_bindings::virtio_ring::{
+            VRING_DESC_F_INDIRECT as I, VRING_DESC_F_NEXT as N, VRING_DESC_F_WRITE as W,
+        };
+        assert_eq!(BIG_BUF as usize + BIG_DISK, MEM_SIZE);
+        let block = Block::new(scratch_file(BIG_DISK), false).unwrap();
+        let mut d = Driver::new(Box::new(block));
+        d.start(0, 1, 256);
+        d.write_mem(HDR, &header(VIRTIO_BLK_T_IN, 0));
+        let desc = |addr: u64, len: u32, flags: u32, next: u16| {
+            let mut b = [0u8; 16];
+            b[0..8].copy_from_slice(&addr.to_le_bytes());
+            b[8..12].copy_from_slice(&len.to_le_bytes());
+            b[12..14].copy_from_slice(&(flags as u16).to_le_bytes());
+            b[14..16].copy_from_slice(&next.to_le_bytes());
+            b
+        };
+        for i in 0..256u16 {
+            let table = DATA + 0x8000 + u64::from(i) * 48;
+            d.write_mem(table, &desc(HDR, 16, N, 1));
+            d.write_mem(table + 16, &desc(BIG_BUF, BIG_DISK as u32, N | W, 2));
+            d.write_mem(table + 32, &desc(STATUS + u64::from(i), 1, W, 0));
+            d.write_desc(0, i, table, 48, I as u16, 0);
+            d.push_avail(0, i);
+        }
+        d.kick(0);
+        d
+    }
+
+    #[test]
+    fn a_flood_of_whole_disk_reads_is_spread_over_wake_ups() {
+        let mut d = flood_of_whole_disk_reads();
+        for _ in 0..256 {
+            assert_eq!(d.wait_used(0).1, BIG_DISK as u32 + 1);
+        }
+        assert!(d.read_mem(STATUS, 256).iter().all(|&s| s == STATUS_OK));
+        // One interrupt per wake-up that completed something: at most
+        // MAX_BYTES_PER_EVENT of reads each, so at least 32 of them, all
+        // from the one kick (the worker re-armed itself).
+        let wake_ups = d.irq.read().unwrap();
+        let per_wake_up = MAX_BYTES_PER_EVENT / BIG_DISK as u64;
+        assert!(wake_ups >= 256 / per_wake_up, "{wake_ups} wake-ups");
+        assert_eq!(d.status() & 0x40, 0);
+    }
+
+    #[test]
+    fn a_reset_is_handled_before_a_flood_ends() {
+        let mut d = flood_of_whole_disk_reads();
+        d.wait_used(0);
+        let started = std::time::Instant::now();
+        d.write(virtio_bindings::virtio_mmio::VIRTIO_MMIO_STATUS, 0);
+        let waited = started.elapsed();
+        assert_eq!(d.status(), 0);
+        // After the reset returns the worker no longer touches the rings.
+        let done = d.used_idx(0);
+        assert!(done < 256, "the reset waited for all {done} reads");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(d.used_idx(0), done);
+        eprintln!("reset after {done} of 256 reads, in {waited:?}");
+    }
+
+    #[test]
+    fn requests_longer_than_the_advertised_limit_fail() {
+        let (mut d, _file) = disk(false);
+        assert_ne!(d.device_features() & (1 << VIRTIO_BLK_F_SIZE_MAX), 0);
+        let mut size_max = [0u8; 4];
+        d.dev.read(u64::from(VIRTIO_MMIO_CONFIG) + 8, &mut size_max);
+        assert_eq!(u32::from_le_bytes(size_max), SIZE_MAX);
+        // 17 segments of 1 MiB (all over the same guest memory): more
+        // than SEG_MAX * SIZE_MAX bytes in one request.
+        let mut chain = vec![(HDR, 16, false)];
+        chain.extend([(BIG_BUF, 1 << 20, true); 17]);
+        chain.push((STATUS, 1, true));
+        const { assert!(17 << 20 > MAX_REQUEST_BYTES) };
+        d.write_mem(HDR, &header(VIRTIO_BLK_T_IN, 0));
+        d.write_mem(STATUS, &[0xff]);
+        d.submit(0, &chain);
+        assert_eq!(d.wait_used(0).1, 1, "only the status byte is written");
+        assert_eq!(d.read_mem(STATUS, 1)[0], STATUS_IOERR);
+        assert_eq!(d.status() & 0x40, 0);
+    }
+
+    #[test]
+    fn new_leaves_the_file_offset_at_the_start() {
+        let file = scratch_file(4096);
+        let probe = file.try_clone().unwrap();
+        let _block = Block::new(file, false).unwrap();
+        let mut probe = probe;
+        assert_eq!(probe.stream_position().unwrap(), 0);
     }
 
     #[test]

@@ -44,8 +44,10 @@ fn set_high(reg: &mut u64, v: u32) {
 
 enum Executor {
     Thread(WorkerThread),
-    /// Used by the fuzz target (vmm/fuzz) and the tests.
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// Only [`MmioTransport::new_inline`] makes one, which exists for the
+    /// tests and the fuzz driver: in the vmm itself the variant is never
+    /// built, and that is the point.
+    #[cfg_attr(not(any(test, feature = "fuzzing")), allow(dead_code))]
     Inline(Worker),
 }
 
@@ -99,7 +101,7 @@ impl MmioTransport {
 
     /// Like [`MmioTransport::new`], but queues are processed synchronously
     /// inside `write`, for the deterministic fuzz driver.
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn new_inline(
         mem: GuestMemoryMmap,
         device: Box<dyn VirtioDevice>,
@@ -180,7 +182,7 @@ impl MmioTransport {
             VIRTIO_MMIO_DEVICE_ID => self.device.device_type(),
             VIRTIO_MMIO_VENDOR_ID => VENDOR_ID,
             VIRTIO_MMIO_DEVICE_FEATURES => match self.device_features_sel {
-                0 => self.offered_features as u32,
+                0 => (self.offered_features & 0xffff_ffff) as u32,
                 1 => (self.offered_features >> 32) as u32,
                 _ => 0,
             },
@@ -431,13 +433,17 @@ impl BusDevice for MmioTransport {
                 .read_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
             return;
         }
-        if data.len() == 4 && offset % 4 == 0 {
-            data.copy_from_slice(&self.read_reg(offset as u32).to_le_bytes());
-        } else {
-            data.fill(0);
-            self.complaints.warn(format_args!(
-                "register read at {offset:#x} must be 4 aligned bytes"
-            ));
+        // Below the configuration space, so the offset fits a u32.
+        match u32::try_from(offset) {
+            Ok(reg) if data.len() == 4 && reg % 4 == 0 => {
+                data.copy_from_slice(&self.read_reg(reg).to_le_bytes());
+            }
+            _ => {
+                data.fill(0);
+                self.complaints.warn(format_args!(
+                    "register read at {offset:#x} must be 4 aligned bytes"
+                ));
+            }
         }
     }
 
@@ -447,8 +453,8 @@ impl BusDevice for MmioTransport {
                 .write_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
             return;
         }
-        match <[u8; 4]>::try_from(data) {
-            Ok(word) if offset % 4 == 0 => self.write_reg(offset as u32, u32::from_le_bytes(word)),
+        match (<[u8; 4]>::try_from(data), u32::try_from(offset)) {
+            (Ok(word), Ok(reg)) if reg % 4 == 0 => self.write_reg(reg, u32::from_le_bytes(word)),
             _ => self.complaints.warn(format_args!(
                 "register write at {offset:#x} must be 4 aligned bytes"
             )),
@@ -474,7 +480,7 @@ mod tests {
     use virtio_bindings::virtio_mmio::*;
 
     use crate::devices::bus::BusDevice;
-    use crate::devices::virtio::testing::{Driver, DATA, MEM_SIZE, VERSION_1};
+    use crate::devices::virtio::test_support::driver::{Driver, DATA, MEM_SIZE, VERSION_1};
     use crate::devices::virtio::{Block, Rng};
 
     const NEEDS_RESET: u32 = VIRTIO_CONFIG_S_NEEDS_RESET;
@@ -679,7 +685,11 @@ mod tests {
     #[test]
     fn odd_register_accesses_are_harmless() {
         let mut d = Driver::new(Box::new(
-            Block::new(crate::devices::virtio::testing::scratch_file(4096), false).unwrap(),
+            Block::new(
+                crate::devices::virtio::test_support::driver::scratch_file(4096),
+                false,
+            )
+            .unwrap(),
         ));
         let mut byte = [0xffu8; 1];
         d.dev.read(u64::from(VIRTIO_MMIO_MAGIC_VALUE), &mut byte);

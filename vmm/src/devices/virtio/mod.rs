@@ -21,8 +21,11 @@
 //! `DEVICE_NEEDS_RESET` plus a configuration-change interrupt, and that
 //! device stops processing until the driver resets it. Malformed single
 //! requests only fail that request (`VIRTIO_BLK_S_IOERR`, dropped frame).
-//! Work per wake-up is bounded (`queue::MAX_CHAINS_PER_EVENT`) so a
-//! guest that keeps refilling a queue cannot starve a reset.
+//! Work per wake-up is bounded, in chains (`queue::MAX_CHAINS_PER_EVENT`)
+//! and in bytes (`queue::MAX_BYTES_PER_EVENT`); a worker with work left
+//! re-arms its own notifier, and commands are handled before queues, so a
+//! guest that keeps refilling a queue cannot starve a reset or a stop.
+//! Every log line a guest can cause goes through a `Complaints` limit.
 //!
 //! The notify eventfds may also be registered as KVM ioeventfds
 //! (address `base + 0x50`, 4 bytes, datamatch = queue index; see
@@ -56,23 +59,19 @@ mod rng;
 mod tap;
 mod worker;
 
-/// Shared with the fuzz target, which includes this file directly.
-#[cfg(test)]
-pub(crate) mod fuzz_driver;
-#[cfg(test)]
-mod hostile_tests;
-#[cfg(test)]
-mod testing;
-
-use std::fmt;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod test_support;
 
 pub use block::Block;
+#[cfg(test)]
+pub(crate) use complaints::test_log as complaints_test_log;
+pub(crate) use complaints::Complaints;
 pub use mmio::MmioTransport;
 pub use net::Net;
 pub use queue::QueueContext;
 pub use rng::Rng;
 pub use tap::Tap;
-pub use worker::WorkerGate;
+pub use worker::{NotStarted, WorkerGate};
 
 /// One virtio device model: identity, features and configuration space.
 /// The queue processing lives in the [`QueueProcessor`] it hands out, which
@@ -124,21 +123,12 @@ pub trait QueueProcessor: Send {
 }
 
 /// The driver broke the virtqueue contract; the device needs a reset.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
     /// The virtqueue itself is unusable.
+    #[error("virtqueue error: {0}")]
     Queue(virtio_queue::Error),
 }
-
-impl fmt::Display for DeviceError {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        match self {
-            DeviceError::Queue(e) => write!(f, "virtqueue error: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for DeviceError {}
 
 /// Copies `data.len()` bytes of `config` starting at `offset`, zero-filling
 /// whatever lies past its end.
@@ -148,7 +138,8 @@ pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
         return;
     };
     if let Some(src) = config.get(start..) {
-        let n = src.len().min(data.len());
-        data[..n].copy_from_slice(&src[..n]);
+        for (dst, src) in data.iter_mut().zip(src) {
+            *dst = *src;
+        }
     }
 }

@@ -23,6 +23,14 @@ const TX_QUEUE: usize = 1;
 const MAX_FRAME: usize = VNET_HDR_LEN + 14 + 4 + 65535;
 /// Offset of `num_buffers` in `virtio_net_hdr_v1`.
 const NUM_BUFFERS_OFFSET: usize = 10;
+/// The header of every received frame: no offloads were negotiated, so no
+/// flags or GSO information; num_buffers (little-endian) is 1 without
+/// VIRTIO_NET_F_MRG_RXBUF.
+const RX_HEADER: [u8; VNET_HDR_LEN] = {
+    let mut header = [0; VNET_HDR_LEN];
+    header[NUM_BUFFERS_OFFSET] = 1;
+    header
+};
 
 /// A virtio network device.
 pub struct Net {
@@ -167,7 +175,9 @@ impl NetProcessor {
     /// Copies the pending frame into `chain`; returns the used length
     /// (0 drops the frame, which the guest counts as a length error).
     fn deliver(&mut self, mem: &GuestMemoryMmap, chain: Chain) -> u32 {
-        let frame = &mut self.rx_frame[..self.rx_len];
+        let Some(frame) = self.rx_frame.get_mut(..self.rx_len) else {
+            return 0;
+        };
         let mut out = match Writer::new(mem, chain) {
             Ok(w) => w,
             Err(e) => {
@@ -184,12 +194,12 @@ impl NetProcessor {
             ));
             return 0;
         }
-        // No offloads were negotiated, so the header carries no flags or GSO
-        // information; num_buffers is 1 without VIRTIO_NET_F_MRG_RXBUF.
-        frame[..NUM_BUFFERS_OFFSET].fill(0);
-        frame[NUM_BUFFERS_OFFSET..VNET_HDR_LEN].copy_from_slice(&1u16.to_le_bytes());
+        if let Some(header) = frame.get_mut(..VNET_HDR_LEN) {
+            header.copy_from_slice(&RX_HEADER);
+        }
         match out.write_all(frame) {
-            Ok(()) => frame.len() as u32,
+            // At most MAX_FRAME bytes.
+            Ok(()) => u32::try_from(frame.len()).unwrap_or(0),
             Err(_) => 0,
         }
     }
@@ -213,18 +223,22 @@ impl NetProcessor {
             }
         };
         let len = data.available_bytes();
-        if len <= VNET_HDR_LEN || len > self.tx_frame.len() {
-            self.complaints
-                .warn(format_args!("dropped TX frame of {len} bytes"));
-            return;
-        }
-        let frame = &mut self.tx_frame[..len];
+        let frame = match self.tx_frame.get_mut(..len) {
+            Some(frame) if len > VNET_HDR_LEN => frame,
+            _ => {
+                self.complaints
+                    .warn(format_args!("dropped TX frame of {len} bytes"));
+                return;
+            }
+        };
         if data.read_exact(frame).is_err() {
             return;
         }
         // Offloads are off: whatever the guest put in the header, the host
         // must see "no checksum or segmentation requested".
-        frame[..VNET_HDR_LEN].fill(0);
+        if let Some(header) = frame.get_mut(..VNET_HDR_LEN) {
+            header.fill(0);
+        }
         match (&*self.backend).write(frame) {
             Ok(_) => {}
             // A full tap queue drops the frame, as a NIC would.
@@ -235,6 +249,9 @@ impl NetProcessor {
 }
 
 #[cfg(test)]
+// Test drivers split 64-bit addresses into 32-bit registers and build
+// small test patterns and lengths: the truncation is what they mean.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use std::os::fd::OwnedFd;
     use std::os::unix::net::UnixDatagram;
@@ -242,7 +259,7 @@ mod tests {
 
     use super::*;
     use crate::devices::bus::BusDevice;
-    use crate::devices::virtio::testing::{Driver, DATA};
+    use crate::devices::virtio::test_support::driver::{Driver, DATA};
     use virtio_bindings::virtio_mmio::VIRTIO_MMIO_CONFIG;
 
     const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];

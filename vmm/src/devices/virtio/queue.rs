@@ -10,6 +10,13 @@ use super::DeviceError;
 /// refills a queue as fast as we drain it cannot starve control commands.
 pub const MAX_CHAINS_PER_EVENT: u32 = 256;
 
+/// Bytes of device work (disk data moved, or what a FLUSH is charged)
+/// per wake-up, on top of the chain count: 256 whole-disk reads in one
+/// kick are spread over many wake-ups, so a reset or a stop waits for
+/// at most one budget's worth of I/O, and one guest cannot hold a shared
+/// disk for long at a time.
+pub const MAX_BYTES_PER_EVENT: u64 = 8 << 20;
+
 pub type Chain<'a> = DescriptorChain<&'a GuestMemoryMmap>;
 
 /// Access to the active queues for one wake-up of the worker.
@@ -17,6 +24,7 @@ pub struct QueueContext<'a> {
     mem: &'a GuestMemoryMmap,
     queues: &'a mut [Queue],
     budget: u32,
+    bytes_left: u64,
     used_added: bool,
     leftover: u64,
 }
@@ -27,6 +35,7 @@ impl<'a> QueueContext<'a> {
             mem,
             queues,
             budget: MAX_CHAINS_PER_EVENT,
+            bytes_left: MAX_BYTES_PER_EVENT,
             used_added: false,
             leftover: 0,
         }
@@ -41,10 +50,11 @@ impl<'a> QueueContext<'a> {
     }
 
     /// Next available descriptor chain of queue `index`, or `None` when the
-    /// queue is empty, not set up by the driver, or this wake-up's budget is
-    /// spent (the queue is then remembered as having leftover work).
+    /// queue is empty, not set up by the driver, or this wake-up's budget
+    /// (chains or bytes) is spent (the queue is then remembered as having
+    /// leftover work).
     pub fn pop(&mut self, index: usize) -> Result<Option<Chain<'a>>, DeviceError> {
-        if self.budget == 0 {
+        if self.budget == 0 || self.bytes_left == 0 {
             self.leftover |= 1u64 << (index % 64);
             return Ok(None);
         }
@@ -59,6 +69,13 @@ impl<'a> QueueContext<'a> {
             self.budget -= 1;
         }
         Ok(chain)
+    }
+
+    /// Counts `bytes` of work against this wake-up's byte budget. The chain
+    /// being handled always finishes; the next [`pop`](Self::pop) returns
+    /// `None` once the budget is spent.
+    pub fn charge(&mut self, bytes: u64) {
+        self.bytes_left = self.bytes_left.saturating_sub(bytes);
     }
 
     /// Returns a chain to the driver with `len` bytes written into it.

@@ -80,17 +80,20 @@ impl RngProcessor {
         let mut left = out.available_bytes().min(MAX_BYTES_PER_REQUEST);
         while left > 0 {
             let n = left.min(self.buf.len());
-            if let Err(e) = getrandom(&mut self.buf[..n]) {
+            let Some(chunk) = self.buf.get_mut(..n) else {
+                break;
+            };
+            if let Err(e) = getrandom(chunk) {
                 log::error!("virtio-rng: getrandom failed: {e}");
                 break;
             }
-            if out.write_all(&self.buf[..n]).is_err() {
+            if out.write_all(chunk).is_err() {
                 break;
             }
             left -= n;
         }
         // At most MAX_BYTES_PER_REQUEST.
-        out.bytes_written() as u32
+        u32::try_from(out.bytes_written()).unwrap_or(0)
     }
 }
 
@@ -98,12 +101,21 @@ impl RngProcessor {
 /// host's entropy pool is initialised at early boot.
 fn getrandom(buf: &mut [u8]) -> io::Result<()> {
     let mut filled = 0;
-    while filled < buf.len() {
-        let rest = &mut buf[filled..];
+    while let Some(rest) = buf.get_mut(filled..).filter(|rest| !rest.is_empty()) {
+        // The system call itself, not libc's getrandom(): the Rust standard
+        // library declares that symbol weak, and in the LTO'd static musl
+        // binary the merged weak reference stayed unresolved, so the call
+        // jumped to address 0 (the rng worker died with SIGSEGV).
         // SAFETY: the kernel writes at most `rest.len()` bytes into `rest`,
         // which is a valid, exclusively borrowed buffer.
-        let ret =
-            unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), libc::GRND_INSECURE) };
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_getrandom,
+                rest.as_mut_ptr(),
+                rest.len(),
+                libc::GRND_INSECURE,
+            )
+        };
         if ret < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
@@ -111,15 +123,18 @@ fn getrandom(buf: &mut [u8]) -> io::Result<()> {
             }
             return Err(err);
         }
-        filled += ret as usize;
+        filled += usize::try_from(ret).unwrap_or(0);
     }
     Ok(())
 }
 
 #[cfg(test)]
+// Test drivers split 64-bit addresses into 32-bit registers and build
+// small test patterns and lengths: the truncation is what they mean.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::testing::{Driver, DATA};
+    use crate::devices::virtio::test_support::driver::{Driver, DATA};
 
     #[test]
     fn fills_guest_buffers() {

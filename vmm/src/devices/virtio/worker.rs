@@ -20,6 +20,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::complaints::Complaints;
 use super::interrupt::Interrupt;
 use super::queue::QueueContext;
 use super::QueueProcessor;
@@ -48,6 +49,8 @@ pub(crate) struct Worker {
     interrupt: Arc<Interrupt>,
     /// `Some` between activation and reset, and only while not broken.
     queues: Option<Vec<Queue>>,
+    /// A guest can break its device, reset it and break it again at will.
+    complaints: Complaints,
 }
 
 impl Worker {
@@ -63,6 +66,7 @@ impl Worker {
             processor,
             interrupt,
             queues: None,
+            complaints: Complaints::new(name),
         }
     }
 
@@ -121,7 +125,8 @@ impl Worker {
         match result {
             Ok(()) => leftover,
             Err(e) => {
-                log::warn!("{}: {e}; device needs reset", self.name);
+                self.complaints
+                    .warn(format_args!("{e}; device needs reset"));
                 self.queues = None;
                 self.interrupt.mark_broken();
                 0
@@ -241,6 +246,13 @@ impl Drop for WorkerThread {
     }
 }
 
+/// A worker that ended instead of starting (it logged why).
+#[derive(Debug, thiserror::Error)]
+#[error("virtio device type {device_type}: worker did not start")]
+pub struct NotStarted {
+    pub device_type: u32,
+}
+
 /// Lets one worker thread start, under a seccomp filter of the caller's
 /// choosing. Until then the worker only waits (dropping its transport
 /// still ends it).
@@ -258,15 +270,14 @@ impl WorkerGate {
 
     /// Starts the worker; returns once it has installed `filter` on its own
     /// thread. On failure the worker has logged why and ended.
-    pub fn open(self, filter: Option<BpfProgram>) -> Result<(), String> {
+    pub fn open(self, filter: Option<BpfProgram>) -> Result<(), NotStarted> {
         let (done, started) = mpsc::sync_channel(1);
         let sent = self.commands.send(Command::Start { filter, done });
         match sent.is_ok() && started.recv().is_ok() {
             true => Ok(()),
-            false => Err(format!(
-                "virtio device type {}: worker did not start",
-                self.device_type
-            )),
+            false => Err(NotStarted {
+                device_type: self.device_type,
+            }),
         }
     }
 }
@@ -317,8 +328,13 @@ fn run_loop(
                 return;
             }
         };
+        let ready = events.get_mut(..count).unwrap_or_default();
+        // Commands first: a reset or stop never waits behind a queue's
+        // batch that arrived in the same wake-up (sorting in place, no
+        // allocation).
+        ready.sort_unstable_by_key(|event| event.data() != CONTROL_TOKEN);
         let mut leftover = 0u64;
-        for event in &events[..count] {
+        for event in ready.iter() {
             match event.data() {
                 CONTROL_TOKEN => {
                     let _ = control.read();
@@ -345,8 +361,12 @@ fn run_loop(
                 }
                 BACKEND_TOKEN => leftover |= worker.backend_ready(),
                 token => {
-                    let index = (token - FIRST_QUEUE_TOKEN) as usize;
-                    if let Some(evt) = notifiers.get(index) {
+                    let index = token
+                        .checked_sub(FIRST_QUEUE_TOKEN)
+                        .and_then(|i| usize::try_from(i).ok());
+                    if let Some((index, evt)) =
+                        index.and_then(|i| notifiers.get(i).map(|evt| (i, evt)))
+                    {
                         // Drain the counter even when inactive: early kicks
                         // must not keep the fd readable forever.
                         let _ = evt.read();
@@ -387,8 +407,8 @@ fn run_loop(
 mod tests {
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-    use super::super::testing::guest_memory;
     use super::super::{MmioTransport, Rng};
+    use crate::devices::virtio::test_support::driver::guest_memory;
 
     fn transport() -> MmioTransport {
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
@@ -402,6 +422,27 @@ mod tests {
         // Joins the worker, which is still waiting for its start.
         drop(dev);
         assert!(gate.open(None).is_err());
+    }
+
+    #[test]
+    fn a_break_and_reset_loop_logs_a_bounded_number_of_lines() {
+        use crate::devices::virtio::complaints_test_log::lines_logged_by;
+        use crate::devices::virtio::test_support::driver::Driver;
+        use virtio_bindings::virtio_config::VIRTIO_CONFIG_S_NEEDS_RESET;
+        use virtio_bindings::virtio_mmio::VIRTIO_MMIO_STATUS;
+        // Inline, so every line is logged on this thread.
+        let mut d = Driver::new_inline(Box::new(Rng::new()));
+        let lines = lines_logged_by(|| {
+            for _ in 0..10_000 {
+                d.start(0, 1, 16);
+                // More new entries than the queue holds: the device breaks.
+                d.set_avail_idx(0, 17);
+                d.kick(0);
+                assert_ne!(d.status() & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+                d.write(VIRTIO_MMIO_STATUS, 0);
+            }
+        });
+        assert!((1..=16).contains(&lines), "{lines} lines logged");
     }
 
     #[test]
