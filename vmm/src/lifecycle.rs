@@ -180,7 +180,7 @@ fn start_workers(workers: Vec<WorkerGate>, seccomp: bool) -> Result<(), Error> {
             true => {
                 let kind = ThreadKind::virtio_worker(gate.device_type())
                     .ok_or(Error::NoWorkerFilter(gate.device_type()))?;
-                Some(seccomp::filter(kind)?)
+                Some(seccomp::worker_filter(kind, gate.fds())?)
             }
             false => None,
         };

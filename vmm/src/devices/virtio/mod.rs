@@ -109,6 +109,12 @@ pub trait QueueProcessor: Send {
     fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
         None
     }
+    /// A host fd the processor does positioned I/O on (the disk for
+    /// virtio-blk); its worker's seccomp filter allows `pread64`,
+    /// `pwrite64` and `fdatasync` on it alone.
+    fn io_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
     /// Whether the backend fd should be polled right now (false while a
     /// received frame waits for guest buffers, to avoid spinning).
     fn wants_backend_events(&self) -> bool {
