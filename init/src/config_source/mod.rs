@@ -12,6 +12,7 @@ mod fuzz_tests;
 pub mod http;
 pub mod partition;
 pub mod probe;
+pub mod signed;
 #[cfg(test)]
 pub mod test_server;
 pub mod url;
@@ -48,6 +49,46 @@ pub struct Loaded {
     /// One entry per bad file; the good ones are still used.
     pub errors: Vec<ConfigError>,
     pub host_toml_found: bool,
+    pub integrity: Integrity,
+}
+
+/// Whether the tree was checked against a signed SHA256SUMS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Integrity {
+    /// No key is baked into the image: used as it is.
+    #[default]
+    Unsigned,
+    /// The signature is good; each file used was checked.
+    Verified,
+    /// The signature (or SHA256SUMS) was refused: nothing is used.
+    Refused,
+}
+
+impl Loaded {
+    /// Nothing from a tree whose signature was refused; `error` says why.
+    pub fn refused(error: hvconfig::ConfigError) -> Loaded {
+        Loaded {
+            host: HostConfig::default(),
+            guests: Vec::new(),
+            errors: vec![error],
+            host_toml_found: false,
+            integrity: Integrity::Refused,
+        }
+    }
+
+    fn integrity_notice(&self) -> Option<Notice> {
+        match self.integrity {
+            Integrity::Unsigned => None,
+            Integrity::Verified => Some(Notice::Info(format!(
+                "config: {} signature verified with the key baked into the image",
+                signed::SUMS
+            ))),
+            Integrity::Refused => Some(Notice::Error(
+                "config: not signed as the image requires: no guests started, host.toml not applied"
+                    .into(),
+            )),
+        }
+    }
 }
 
 /// What one look for the config partition found.
@@ -182,7 +223,8 @@ impl Loader {
                     mount.device.node.display(),
                     mount.dir.display()
                 ))));
-                if !loaded.host_toml_found {
+                events.extend(loaded.integrity_notice().map(Event::Log));
+                if !loaded.host_toml_found && loaded.integrity != Integrity::Refused {
                     events.push(Event::Log(Notice::Info(
                         "config: no host.toml, using defaults".into(),
                     )));
@@ -234,7 +276,11 @@ impl Loader {
         if !matches!(self.phase, Phase::Fetching) {
             return Vec::new();
         }
-        let mut events = Vec::new();
+        let mut events: Vec<Event> = loaded
+            .integrity_notice()
+            .map(Event::Log)
+            .into_iter()
+            .collect();
         let hint = match remote {
             Some(remote) => {
                 events.push(Event::Log(Notice::Info(format!(
@@ -277,6 +323,7 @@ mod tests {
             guests: Vec::new(),
             errors: Vec::new(),
             host_toml_found: false,
+            integrity: Integrity::Unsigned,
         }
     }
 

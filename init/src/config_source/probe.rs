@@ -868,3 +868,8 @@ mod tests {
         assert_eq!(found.node, dev.join("sdb2"));
     }
 }
+
+/// Seeded fuzzing of the parsers above (see `fuzz_tests`).
+#[cfg(test)]
+#[path = "fuzz_tests/probe.rs"]
+mod fuzz;
