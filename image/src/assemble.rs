@@ -119,6 +119,7 @@ struct Inputs {
     gptmbr: inputs::Input,
     ldlinux_c32: inputs::Input,
     pxelinux: inputs::Input,
+    config_pubkey: Option<inputs::Input>,
 }
 
 impl Inputs {
@@ -133,6 +134,11 @@ impl Inputs {
             gptmbr: inputs::read("MBR boot code", &args.gptmbr(), Kind::MbrBootCode)?,
             ldlinux_c32: inputs::read("syslinux core", &args.ldlinux_c32(), Kind::Com32Module)?,
             pxelinux: inputs::read("pxelinux", &args.pxelinux, Kind::Pxelinux)?,
+            config_pubkey: args
+                .config_pubkey
+                .as_ref()
+                .map(|key| inputs::read("config public key", key, Kind::MinisignPublicKey))
+                .transpose()?,
         })
     }
 
@@ -165,7 +171,8 @@ pub fn build(args: &BuildArgs) -> Result<SizeReport, BuildError> {
     let ids = inputs.ids(epoch);
     let clock = FatClock::leak(epoch);
 
-    let host_initrd = initramfs::host(&inputs.init.data, &inputs.vmm.data, epoch)
+    let config_pubkey = inputs.config_pubkey.as_ref().map(|k| k.data.as_slice());
+    let host_initrd = initramfs::host(&inputs.init.data, &inputs.vmm.data, config_pubkey, epoch)
         .map_err(BuildError::HostInitramfs)?;
     let guest_initrd = initramfs::example_guest(&inputs.busybox.data, epoch)
         .map_err(BuildError::GuestInitramfs)?;
@@ -268,6 +275,7 @@ pub fn build(args: &BuildArgs) -> Result<SizeReport, BuildError> {
         host_initramfs: host_initrd.len() as u64,
         init: inputs.init.data.len() as u64,
         vmm: inputs.vmm.data.len() as u64,
+        config_pubkey: config_pubkey.map(|k| k.len() as u64),
         efi_loader: inputs.efi_loader.data.len() as u64,
         bios_loader: bios.loader,
         mbr_boot_code: BOOT_CODE_SIZE as u64,
