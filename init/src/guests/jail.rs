@@ -481,11 +481,17 @@ const VMM_OWN_FDS: u64 = 256;
 /// Counted per uid, and every guest has its own.
 const VMM_THREADS: u64 = 128;
 
+/// setrlimit's resource type: unsigned in glibc, int in musl.
+#[cfg(target_env = "gnu")]
+type Resource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+type Resource = libc::c_int;
+
 /// What the child sets up besides its file system, planned in the parent.
 struct ProcessPlan {
     /// The kept fds above 2, sorted, without duplicates.
     keep: Vec<libc::c_uint>,
-    limits: [(libc::__rlimit_resource_t, u64); 3],
+    limits: [(Resource, u64); 3],
 }
 
 impl ProcessPlan {
