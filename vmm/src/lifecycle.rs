@@ -124,11 +124,13 @@ pub fn run(vmm: Vmm, signals: &SignalFd, opts: &RunOptions) -> Result<VmmExit, E
     // Privileges were dropped and no_new_privs set before the VM was
     // built (see `privileges`). Every thread installs its own filter. The
     // workers' go on first, before any vCPU exists to hand them queues.
+    // Only the block workers may touch the disks (positioned I/O).
+    let disks: Vec<i32> = workers.iter().filter_map(|g| g.fds().disk).collect();
     start_workers(workers, opts.seccomp)?;
     let start = Arc::new(Barrier::new(vcpus.len() + 1));
     let stop = Arc::new(AtomicBool::new(false));
     let vcpu_filter = match opts.seccomp {
-        true => Some(Arc::new(seccomp::filter(ThreadKind::Vcpu)?)),
+        true => Some(Arc::new(seccomp::filter(ThreadKind::Vcpu, &disks)?)),
         false => None,
     };
     let mut handles = Vec::new();
@@ -154,7 +156,7 @@ pub fn run(vmm: Vmm, signals: &SignalFd, opts: &RunOptions) -> Result<VmmExit, E
     // the main thread.
     start.wait();
     if opts.seccomp {
-        let main = seccomp::filter(ThreadKind::Main)?;
+        let main = seccomp::filter(ThreadKind::Main, &disks)?;
         seccompiler::apply_filter(&main).map_err(Error::ApplyFilter)?;
     }
 

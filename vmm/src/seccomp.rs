@@ -30,7 +30,7 @@
 //!   (`pread64`, `pwrite64`, `fdatasync`) only on its disk, so not even a
 //!   compromised block worker can `write(2)` a disk at the file offset.
 //!   The vCPU and main threads write to several devices' eventfds, the
-//!   console and stderr, and are checked by system call only.
+//!   console and stderr: they may `write` any fd but the disks.
 //! - ioctl: by request number, see [`ioctls`].
 
 use std::collections::BTreeMap;
@@ -131,9 +131,9 @@ const VIRTIO_WORKER: &[i64] = &[
 
 fn syscalls(kind: ThreadKind) -> &'static [i64] {
     match kind {
+        // write (log lines, eventfd signalling) is added for every fd but
+        // the disks, see `filter`.
         ThreadKind::Main => &[
-            // Log lines, the console, eventfd signalling.
-            libc::SYS_write,
             libc::SYS_epoll_pwait,
             libc::SYS_epoll_wait,
             libc::SYS_epoll_ctl,
@@ -146,10 +146,10 @@ fn syscalls(kind: ThreadKind) -> &'static [i64] {
             libc::SYS_nanosleep,
             libc::SYS_clock_nanosleep,
         ],
-        // The serial console, log lines, queue-notify and control
-        // eventfds, the exit eventfd. ioctl is added with argument checks
-        // below.
-        ThreadKind::Vcpu => &[libc::SYS_write],
+        // write (the serial console, log lines, queue-notify and control
+        // eventfds, the exit eventfd) is added for every fd but the disks,
+        // and ioctl with argument checks, in `rules`.
+        ThreadKind::Vcpu => &[],
         // Disk reads and writes at the request's sector, and FLUSH: added
         // for the disk fd only, see `worker_rules`.
         ThreadKind::BlockWorker => &[],
@@ -256,10 +256,15 @@ fn worker_rules(map: &mut BTreeMap<i64, Vec<SeccompRule>>, fds: &WorkerFds) -> R
     Ok(())
 }
 
-fn rules(
-    kind: ThreadKind,
-    fds: Option<&WorkerFds>,
-) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Error> {
+/// What a main or vCPU thread may do with an fd: the workers' own fds,
+/// or (`Spare`) any but the disks.
+#[derive(Clone, Copy)]
+enum Fds<'a> {
+    Worker(&'a WorkerFds),
+    Spare(&'a [RawFd]),
+}
+
+fn rules(kind: ThreadKind, fds: Fds) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Error> {
     let mut map: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     let worker: &[i64] = if is_virtio_worker(kind) {
         VIRTIO_WORKER
@@ -270,8 +275,23 @@ fn rules(
         map.insert(nr, vec![]);
     }
     memory_rules(&mut map)?;
-    if let Some(fds) = fds.filter(|_| is_virtio_worker(kind)) {
-        worker_rules(&mut map, fds)?;
+    match fds {
+        Fds::Worker(fds) if is_virtio_worker(kind) => worker_rules(&mut map, fds)?,
+        Fds::Worker(_) => {}
+        Fds::Spare(disks) if !is_virtio_worker(kind) => {
+            // One rule: the fd is none of the disks.
+            let not_disks = disks
+                .iter()
+                .filter_map(|&fd| u64::try_from(fd).ok())
+                .map(|fd| condition(0, SeccompCmpOp::Ne, fd))
+                .collect::<Result<Vec<_>, _>>()?;
+            let write = match not_disks.is_empty() {
+                true => vec![],
+                false => vec![rule(not_disks)?],
+            };
+            map.insert(libc::SYS_write, write);
+        }
+        Fds::Spare(_) => {}
     }
     let ioctl_rules = ioctls(kind)
         .iter()
@@ -287,17 +307,19 @@ fn rules(
     Ok(map)
 }
 
-/// Compiles the allow-list for the main or a vCPU thread. Anything else
-/// traps (SIGSYS), and the handler installed by [`install_sigsys_handler`]
-/// names the offending system call before exiting. A virtio worker kind
-/// gets no I/O at all here: see [`worker_filter`].
-pub fn filter(kind: ThreadKind) -> Result<BpfProgram, Error> {
-    compile(rules(kind, None)?)
+/// Compiles the allow-list for the main or a vCPU thread, which may
+/// `write` any fd but `disks` (those go through the block workers'
+/// positioned I/O only). Anything else traps (SIGSYS), and the handler
+/// installed by [`install_sigsys_handler`] names the offending system call
+/// before exiting. A virtio worker kind gets no I/O at all here: see
+/// [`worker_filter`].
+pub fn filter(kind: ThreadKind, disks: &[RawFd]) -> Result<BpfProgram, Error> {
+    compile(rules(kind, Fds::Spare(disks))?)
 }
 
 /// Compiles the allow-list of a virtio worker doing I/O on `fds` only.
 pub fn worker_filter(kind: ThreadKind, fds: &WorkerFds) -> Result<BpfProgram, Error> {
-    compile(rules(kind, Some(fds))?)
+    compile(rules(kind, Fds::Worker(fds))?)
 }
 
 fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>) -> Result<BpfProgram, Error> {
@@ -365,13 +387,16 @@ mod tests {
     }
 
     fn rules_of(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
-        rules(kind, Some(&sample_fds(kind))).unwrap()
+        match is_virtio_worker(kind) {
+            true => rules(kind, Fds::Worker(&sample_fds(kind))).unwrap(),
+            false => rules(kind, Fds::Spare(&[13])).unwrap(),
+        }
     }
 
     fn compiled(kind: ThreadKind, fds: &WorkerFds) -> BpfProgram {
         match is_virtio_worker(kind) {
             true => worker_filter(kind, fds).unwrap(),
-            false => filter(kind).unwrap(),
+            false => filter(kind, fds.disk.as_slice()).unwrap(),
         }
     }
 
@@ -424,7 +449,7 @@ mod tests {
             assert!(!rules_of(kind)[&libc::SYS_read].is_empty());
             assert!(!rules_of(kind)[&libc::SYS_write].is_empty());
             // Without fds, no I/O at all.
-            let bare = rules(kind, Some(&WorkerFds::default())).unwrap();
+            let bare = rules(kind, Fds::Worker(&WorkerFds::default())).unwrap();
             assert!(!bare.contains_key(&libc::SYS_read));
             assert!(!bare.contains_key(&libc::SYS_write));
             assert!(!bare.contains_key(&libc::SYS_pwrite64));
@@ -435,6 +460,13 @@ mod tests {
         assert!(has(ThreadKind::RngWorker, libc::SYS_getrandom));
         assert!(!has(ThreadKind::BlockWorker, libc::SYS_getrandom));
         assert!(!has(ThreadKind::Vcpu, libc::SYS_epoll_pwait));
+        // The main and vCPU threads write anything but the disks.
+        for kind in [ThreadKind::Main, ThreadKind::Vcpu] {
+            assert!(!rules_of(kind)[&libc::SYS_write].is_empty());
+            assert!(!has(kind, libc::SYS_pwrite64));
+            let no_disks = rules(kind, Fds::Spare(&[])).unwrap();
+            assert!(no_disks[&libc::SYS_write].is_empty());
+        }
         assert_eq!(
             ThreadKind::virtio_worker(VIRTIO_ID_NET),
             Some(ThreadKind::NetWorker)
@@ -585,7 +617,7 @@ mod tests {
     }
 
     #[test]
-    fn the_block_worker_does_io_on_its_own_fds_only() {
+    fn only_the_block_worker_touches_the_disk_and_only_positioned() {
         use std::os::fd::AsRawFd;
         let path = std::env::temp_dir().join(format!("vmm-seccomp-disk-{}", std::process::id()));
         let disk = std::fs::OpenOptions::new()
@@ -617,6 +649,16 @@ mod tests {
             assert_eq!(
                 run_filtered(program, positioned_write_elsewhere),
                 Ended::Signal(libc::SIGSYS)
+            );
+        }
+        // Nor may the main and vCPU threads write the disk.
+        for kind in [ThreadKind::Main, ThreadKind::Vcpu] {
+            let program = &filter(kind, &[disk.as_raw_fd()]).unwrap();
+            assert_eq!(run_filtered(program, write_on_stderr), Ended::Exited(0));
+            assert_eq!(
+                run_filtered(program, plain_write_on_disk),
+                Ended::Signal(libc::SIGSYS),
+                "{kind:?}: write(2) on the disk"
             );
         }
         // Nothing reached the file but the one positioned byte.
