@@ -472,14 +472,16 @@ fn run_steps(steps: &[Step]) -> Result<(), (&'static [u8], i32)> {
     Ok(())
 }
 
+/// Virtio devices a vmm can have: its disks, NICs and the rng.
+const VMM_DEVICES: u64 = (hvconfig::guest::MAX_DISKS + hvconfig::guest::MAX_NETS + 1) as u64;
 /// fds a vmm opens itself on top of the ones it is handed: /dev/kvm, the
-/// VM, one per vCPU (at most 32), per virtio device an interrupt, a
-/// control and per-queue notify eventfds and an epoll fd, the kernel and
-/// initrd, the signalfd and the exit eventfd; with room to spare.
-const VMM_OWN_FDS: u64 = 256;
-/// Threads of one vmm: main, up to 32 vCPUs, one worker per device.
-/// Counted per uid, and every guest has its own.
-const VMM_THREADS: u64 = 128;
+/// VM, one per vCPU, per virtio device an interrupt, a control and
+/// per-queue notify eventfds (each twice) and an epoll fd (16 is ample),
+/// and a few more (kernel, initrd, signalfd, exit eventfd, epoll).
+const VMM_OWN_FDS: u64 = 64 + hvconfig::guest::MAX_VCPUS as u64 + 16 * VMM_DEVICES;
+/// Threads of one vmm: main, its vCPUs and one worker per device, with
+/// room to spare. Counted per uid, and every guest has its own.
+const VMM_THREADS: u64 = 2 * (1 + hvconfig::guest::MAX_VCPUS as u64 + VMM_DEVICES);
 
 /// setrlimit's resource type: unsigned in glibc, int in musl.
 #[cfg(target_env = "gnu")]
