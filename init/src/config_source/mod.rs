@@ -417,6 +417,30 @@ mod tests {
     }
 
     #[test]
+    fn a_label_on_two_devices_is_said_once_and_the_search_goes_on() {
+        let t0 = Instant::now();
+        let mut loader = searching(t0);
+        let ambiguous = || {
+            Found::Ambiguous(probe::Ambiguous {
+                spec: DeviceSource::Label("HVCONFIG".into()),
+                nodes: vec!["/dev/sda2".into(), "/dev/vdb".into()],
+            })
+        };
+        assert_eq!(
+            texts(&loader.looked(ambiguous(), t0)),
+            [
+                "config partition: LABEL=HVCONFIG is on more than one device (/dev/sda2, \
+              /dev/vdb); refusing to guess"
+            ]
+        );
+        assert!(loader.looked(ambiguous(), t0 + CONFIG_POLL_FAST).is_empty());
+        assert!(
+            loader.due(t0 + CONFIG_POLL_FAST * 2).is_some(),
+            "still searching"
+        );
+    }
+
+    #[test]
     fn a_mounted_partition_is_loaded_once() {
         let t0 = Instant::now();
         let mut loader = searching(t0);
