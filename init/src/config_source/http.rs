@@ -303,11 +303,16 @@ fn parse_head(buf: &[u8]) -> Result<Head, Error> {
         location: None,
     };
     for h in resp.headers.iter() {
-        let value = std::str::from_utf8(h.value).unwrap_or("").trim();
+        // Optional whitespace is spaces and tabs (RFC 9110 section 5.6.3).
+        let value = std::str::from_utf8(h.value)
+            .unwrap_or("")
+            .trim_matches([' ', '\t']);
         if h.name.eq_ignore_ascii_case("content-length") {
-            let n = value
-                .parse::<u64>()
-                .map_err(|_| bad(format!("Content-Length {value:?}")))?;
+            // Digits only: u64's parser would take "+5" too.
+            let n = Some(value)
+                .filter(|v| v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| bad(format!("Content-Length {value:?}")))?;
             if head.length.is_some_and(|l| l != n) {
                 return Err(bad("conflicting Content-Length headers"));
             }

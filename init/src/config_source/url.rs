@@ -54,6 +54,8 @@ pub enum AuthorityError {
     AfterIpv6(String),
     #[error("no host name")]
     NoHost,
+    #[error("{0:?} is not a host name or address")]
+    BadHost(String),
     #[error("port {0:?} is not a number in 1..=65535")]
     BadPort(String),
 }
@@ -226,6 +228,10 @@ fn split_authority(authority: &str) -> Result<(&str, u16), AuthorityError> {
     };
     if host.is_empty() {
         return Err(AuthorityError::NoHost);
+    }
+    // Brackets only around an IPv6 address: `[[x]` would print as `[x`.
+    if host.contains(['[', ']']) {
+        return Err(AuthorityError::BadHost(host.to_string()));
     }
     let port = match port {
         None | Some("") => 80,
