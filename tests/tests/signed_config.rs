@@ -37,16 +37,16 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// The key pair and the image built with its public half.
 struct Signed {
-    dir: tempfile::TempDir,
+    dir: PathBuf,
 }
 
 impl Signed {
     fn out(&self) -> PathBuf {
-        self.dir.path().join("out")
+        self.dir.join("out")
     }
 
     fn secret_key(&self) -> PathBuf {
-        self.dir.path().join("hv.key")
+        self.dir.join("hv.key")
     }
 }
 
@@ -68,15 +68,22 @@ fn run(command: &mut Command) -> String {
 fn signed() -> &'static Signed {
     static SIGNED: OnceLock<Signed> = OnceLock::new();
     SIGNED.get_or_init(|| {
-        let base = workspace_root().join("target/e2e-signed");
-        fs::create_dir_all(&base).expect("creating target/e2e-signed");
-        let dir = tempfile::tempdir_in(&base).expect("temp dir");
-        let public = dir.path().join("hv.pub");
+        // Made anew by each run (a static is never dropped, so a temp
+        // directory would be left behind).
+        let dir = workspace_root().join("target/e2e-signed");
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                panic!("removing {}: {e}", dir.display())
+            }
+            _ => {}
+        }
+        fs::create_dir_all(&dir).expect("creating target/e2e-signed");
+        let public = dir.join("hv.pub");
         run(Command::new("minisign")
             .args(["-G", "-W", "-p"])
             .arg(&public)
             .arg("-s")
-            .arg(dir.path().join("hv.key")));
+            .arg(dir.join("hv.key")));
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .filter(|v| !v.is_empty())
             .map_or_else(|| workspace_root().join("target"), PathBuf::from);
@@ -92,7 +99,7 @@ fn signed() -> &'static Signed {
         let args = [
             "build".into(),
             "--out".into(),
-            arg(&dir.path().join("out")),
+            arg(&dir.join("out")),
             "--host-kernel".into(),
             arg(&rig::kernel("host")),
             "--init".into(),
@@ -110,7 +117,7 @@ fn signed() -> &'static Signed {
         ];
         hv_image::run(&args).unwrap_or_else(|e| panic!("hv-image build: {e}"));
         let report =
-            fs::read_to_string(dir.path().join("out/size-report.json")).expect("size-report.json");
+            fs::read_to_string(dir.join("out/size-report.json")).expect("size-report.json");
         assert!(
             report.contains("\"config_pubkey\": 1"),
             "the size report does not list the key:\n{report}"
