@@ -17,6 +17,10 @@ pub enum DeviceSource {
     PartLabel(String),
     /// `UUID=x`: the file system UUID of a host partition.
     Uuid(String),
+    /// `PARTUUID=x`: the GPT unique partition GUID of a host partition;
+    /// what hv-image writes into the boot loaders' `hv.config=`, since no
+    /// other disk carries it. Not for disks.
+    PartUuid(String),
     /// A regular file or a device node, as written (disks resolve a
     /// relative one against the definition's directory).
     Path(PathBuf),
@@ -108,22 +112,26 @@ const LABEL: &str = "LABEL=";
 const DISK_FREE_ROOTS: [&str; 3] = ["/proc", "/sys", "/run"];
 const PARTLABEL: &str = "PARTLABEL=";
 const UUID: &str = "UUID=";
+const PARTUUID: &str = "PARTUUID=";
 
 impl DeviceSource {
     /// Reads `text` as `context` allows it.
     pub fn parse(text: &str, context: Context) -> Result<DeviceSource, DeviceSourceError> {
         type Make = fn(String) -> DeviceSource;
-        let tagged: [(&'static str, Make); 3] = [
+        let tagged: [(&'static str, Make); 4] = [
             (LABEL, DeviceSource::Label),
             (PARTLABEL, DeviceSource::PartLabel),
             (UUID, DeviceSource::Uuid),
+            (PARTUUID, DeviceSource::PartUuid),
         ];
         for (prefix, make) in tagged {
             let Some(value) = text.strip_prefix(prefix) else {
                 continue;
             };
             return match context {
-                Context::Disk if prefix == UUID => Err(DeviceSourceError::DiskByUuid),
+                Context::Disk if prefix == UUID || prefix == PARTUUID => {
+                    Err(DeviceSourceError::DiskByUuid)
+                }
                 Context::Disk if value.is_empty() => {
                     Err(DeviceSourceError::DiskNeedsLabel { prefix })
                 }
@@ -140,7 +148,6 @@ impl DeviceSource {
         }
         let path = Path::new(text);
         match context {
-            Context::Disk if text.starts_with("PARTUUID=") => Err(DeviceSourceError::DiskByUuid),
             // A disk is opened writable: '..' could climb from the config
             // partition to /dev and name the boot medium itself.
             Context::Disk if path.components().any(|c| c == Component::ParentDir) => {
@@ -191,6 +198,7 @@ impl fmt::Display for DeviceSource {
             DeviceSource::Label(l) => write!(f, "{LABEL}{l}"),
             DeviceSource::PartLabel(l) => write!(f, "{PARTLABEL}{l}"),
             DeviceSource::Uuid(u) => write!(f, "{UUID}{u}"),
+            DeviceSource::PartUuid(u) => write!(f, "{PARTUUID}{u}"),
             DeviceSource::Path(p) => write!(f, "{}", p.display()),
         }
     }
@@ -229,6 +237,11 @@ mod tests {
             ok("UUID=0a1b", Context::KernelCmdline),
             DeviceSource::Uuid("0a1b".into())
         );
+        assert_eq!(
+            ok("PARTUUID=0A1B-2C", Context::KernelCmdline),
+            DeviceSource::PartUuid("0A1B-2C".into())
+        );
+        assert!(DeviceSource::parse("PARTUUID=", Context::KernelCmdline).is_err());
         for text in ["UUID=0a1b", "PARTUUID=0a1b", "UUID="] {
             assert_eq!(
                 err(text, Context::Disk),
@@ -257,8 +270,15 @@ mod tests {
             DeviceSource::Path("images/a.img".into())
         );
         assert!(err("../dev/sda", Context::Disk).contains("must not contain '..'"));
-        for bad in ["/run/hv/guests/b/console.log", "/sys/block/sda/size", "/proc/kcore"] {
-            assert!(err(bad, Context::Disk).contains("which holds no disks"), "{bad}");
+        for bad in [
+            "/run/hv/guests/b/console.log",
+            "/sys/block/sda/size",
+            "/proc/kcore",
+        ] {
+            assert!(
+                err(bad, Context::Disk).contains("which holds no disks"),
+                "{bad}"
+            );
         }
         assert_eq!(
             err("/proc/self/fd/3", Context::Disk),
@@ -289,7 +309,13 @@ mod tests {
 
     #[test]
     fn display_writes_what_parse_reads() {
-        for text in ["LABEL=x", "PARTLABEL=y", "UUID=z", "/dev/sda1"] {
+        for text in [
+            "LABEL=x",
+            "PARTLABEL=y",
+            "UUID=z",
+            "PARTUUID=w",
+            "/dev/sda1",
+        ] {
             assert_eq!(ok(text, Context::Mount).to_string(), text);
         }
     }

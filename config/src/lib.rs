@@ -70,6 +70,15 @@ pub fn parse_host(path: &Path, text: &str) -> Result<HostConfig, ConfigError> {
 /// skipped. A missing directory holds no guests; any other failure to list
 /// it is returned as a single error.
 pub fn load_guests_dir(dir: &Path) -> Vec<Result<GuestConfig, ConfigError>> {
+    guest_files(dir)
+        .into_iter()
+        .map(|file| file.and_then(|path| load_guest(&path)))
+        .collect()
+}
+
+/// The definition files [`load_guests_dir`] loads, in its order, for a
+/// caller that reads them itself (init checks them against SHA256SUMS).
+pub fn guest_files(dir: &Path) -> Vec<Result<std::path::PathBuf, ConfigError>> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Vec::new(),
@@ -114,9 +123,6 @@ pub fn load_guests_dir(dir: &Path) -> Vec<Result<GuestConfig, ConfigError>> {
         (Err(_), Err(_)) => std::cmp::Ordering::Equal,
     });
     files
-        .into_iter()
-        .map(|file| file.and_then(|path| load_guest(&path)))
-        .collect()
 }
 
 fn read_text(path: &Path) -> Result<String, ConfigError> {

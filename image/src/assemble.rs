@@ -12,7 +12,7 @@ use crate::disk::{
 };
 use crate::epoch::{self, EpochError};
 use crate::fat::{self, FatClock, FatError, FatFile, VolumeSpec};
-use crate::ids::Ids;
+use crate::ids::{self, Ids};
 use crate::initramfs::{self, InitramfsError};
 use crate::inputs::{self, InputError, Kind};
 use crate::report::{self, SizeReport};
@@ -119,6 +119,7 @@ struct Inputs {
     gptmbr: inputs::Input,
     ldlinux_c32: inputs::Input,
     pxelinux: inputs::Input,
+    config_pubkey: Option<inputs::Input>,
 }
 
 impl Inputs {
@@ -133,6 +134,11 @@ impl Inputs {
             gptmbr: inputs::read("MBR boot code", &args.gptmbr(), Kind::MbrBootCode)?,
             ldlinux_c32: inputs::read("syslinux core", &args.ldlinux_c32(), Kind::Com32Module)?,
             pxelinux: inputs::read("pxelinux", &args.pxelinux, Kind::Pxelinux)?,
+            config_pubkey: args
+                .config_pubkey
+                .as_ref()
+                .map(|key| inputs::read("config public key", key, Kind::MinisignPublicKey))
+                .transpose()?,
         })
     }
 
@@ -154,6 +160,28 @@ impl Inputs {
     }
 }
 
+/// The kernel option that names the config partition by PARTUUID.
+pub fn config_option(partuuid: &str) -> String {
+    format!("hv.config=PARTUUID={partuuid}")
+}
+
+/// `config` with [`config_option`] appended to the command-line line, the
+/// one starting (after indentation) with `key`.
+fn with_config_partition(config: &str, key: &str, partuuid: &str) -> String {
+    config
+        .split_inclusive('\n')
+        .map(|line| {
+            let text = line.trim_end_matches('\n');
+            if text.trim_start().starts_with(key) {
+                let end = &line[text.len()..];
+                format!("{text} {}{end}", config_option(partuuid))
+            } else {
+                line.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Builds everything, prints the size report, and writes the outputs. An
 /// image over budget leaves only the size report behind (and removes stale
 /// images from earlier runs) so that nothing downstream can pick it up.
@@ -165,7 +193,15 @@ pub fn build(args: &BuildArgs) -> Result<SizeReport, BuildError> {
     let ids = inputs.ids(epoch);
     let clock = FatClock::leak(epoch);
 
-    let host_initrd = initramfs::host(&inputs.init.data, &inputs.vmm.data, epoch)
+    // The loaders name the config partition by its GPT PARTUUID, which
+    // only this image's partition carries: a file system labelled
+    // HVCONFIG on another disk (a guest's) is never taken for it.
+    let config_partuuid = ids::guid_string(&ids.guid("config"));
+    let loader_entry = with_config_partition(LOADER_ENTRY, "options ", &config_partuuid);
+    let syslinux_cfg = with_config_partition(SYSLINUX_CFG, "APPEND ", &config_partuuid);
+
+    let config_pubkey = inputs.config_pubkey.as_ref().map(|k| k.data.as_slice());
+    let host_initrd = initramfs::host(&inputs.init.data, &inputs.vmm.data, config_pubkey, epoch)
         .map_err(BuildError::HostInitramfs)?;
     let guest_initrd = initramfs::example_guest(&inputs.busybox.data, epoch)
         .map_err(BuildError::GuestInitramfs)?;
@@ -182,7 +218,7 @@ pub fn build(args: &BuildArgs) -> Result<SizeReport, BuildError> {
             },
             FatFile {
                 path: "loader/entries/hv.conf",
-                data: LOADER_ENTRY.as_bytes(),
+                data: loader_entry.as_bytes(),
             },
             FatFile {
                 path: "vmlinuz",
@@ -194,7 +230,7 @@ pub fn build(args: &BuildArgs) -> Result<SizeReport, BuildError> {
             },
             FatFile {
                 path: syslinux::CONFIG,
-                data: SYSLINUX_CFG.as_bytes(),
+                data: syslinux_cfg.as_bytes(),
             },
         ],
         &VolumeSpec {
@@ -268,6 +304,7 @@ pub fn build(args: &BuildArgs) -> Result<SizeReport, BuildError> {
         host_initramfs: host_initrd.len() as u64,
         init: inputs.init.data.len() as u64,
         vmm: inputs.vmm.data.len() as u64,
+        config_pubkey: config_pubkey.map(|k| k.len() as u64),
         efi_loader: inputs.efi_loader.data.len() as u64,
         bios_loader: bios.loader,
         mbr_boot_code: BOOT_CODE_SIZE as u64,
@@ -442,6 +479,29 @@ mod tests {
             kernel.contains(&format!(" {} ip=dhcp ", cmdline())),
             "{kernel}"
         );
+    }
+
+    #[test]
+    fn both_loaders_name_the_config_partition_by_partuuid() {
+        let uuid = "0A1B2C3D-0000-4000-8000-00000000000F";
+        let entry = with_config_partition(LOADER_ENTRY, "options ", uuid);
+        let bios = with_config_partition(SYSLINUX_CFG, "APPEND ", uuid);
+        let want = format!("{} hv.config=PARTUUID={uuid}", cmdline());
+        assert!(
+            entry.lines().any(|l| l == format!("options {want}")),
+            "{entry}"
+        );
+        assert!(
+            bios.lines().any(|l| l == format!("  APPEND {want}")),
+            "{bios}"
+        );
+        // Nothing else changes.
+        assert_eq!(
+            entry.len(),
+            LOADER_ENTRY.len() + want.len() - cmdline().len()
+        );
+        assert_eq!(bios.lines().count(), SYSLINUX_CFG.lines().count());
+        assert!(bios.ends_with('\n'));
     }
 
     #[test]

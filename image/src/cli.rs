@@ -8,14 +8,17 @@ usage:
   hv-image build --out DIR --host-kernel BZIMAGE --init BIN --vmm BIN
                  --guest-kernel BZIMAGE --busybox BIN --efi-loader EFI
                  [--budget BYTES] [--syslinux BIN] [--syslinux-dir DIR]
-                 [--pxelinux FILE]
+                 [--pxelinux FILE] [--config-pubkey FILE]
   hv-image kconfig-check ARGS...
 
 build writes DIR/hv.img, DIR/pxe/ (vmlinuz, initrd.img, boot.ipxe,
 pxelinux.0, ldlinux.c32, pxelinux.cfg/default, README.txt), DIR/SHA256SUMS
 and DIR/size-report.json. The size budget (default and maximum 64M) comes
 from --budget or HV_SIZE_BUDGET and accepts K/M/G (1024-based) or kB/MB/GB.
-Timestamps come from SOURCE_DATE_EPOCH when set.
+Timestamps come from SOURCE_DATE_EPOCH when set. --config-pubkey bakes a
+minisign public key (minisign -G) into the host initramfs as
+/etc/hv/config.pub: init then uses only configs with a signed SHA256SUMS
+(docs/signing.md).
 
 The legacy BIOS boot path uses Debian's syslinux packages: --syslinux is the
 installer (default /usr/bin/syslinux, package syslinux), --syslinux-dir holds
@@ -43,6 +46,8 @@ pub struct BuildArgs {
     /// syslinux-common's library directory.
     pub syslinux_dir: PathBuf,
     pub pxelinux: PathBuf,
+    /// A minisign public key to bake in: configs must then be signed.
+    pub config_pubkey: Option<PathBuf>,
 }
 
 impl BuildArgs {
@@ -84,6 +89,7 @@ pub fn parse_build(args: &[OsString]) -> Result<BuildArgs, CliError> {
     let mut syslinux = None;
     let mut syslinux_dir = None;
     let mut pxelinux = None;
+    let mut config_pubkey = None;
 
     let mut parser = lexopt::Parser::from_args(args.iter().cloned());
     while let Some(arg) = parser.next()? {
@@ -98,6 +104,7 @@ pub fn parse_build(args: &[OsString]) -> Result<BuildArgs, CliError> {
             Long("syslinux") => &mut syslinux,
             Long("syslinux-dir") => &mut syslinux_dir,
             Long("pxelinux") => &mut pxelinux,
+            Long("config-pubkey") => &mut config_pubkey,
             Long("budget") => {
                 let value = parser.value()?;
                 let text = value.into_string().map_err(CliError::BudgetNotUtf8)?;
@@ -123,6 +130,7 @@ pub fn parse_build(args: &[OsString]) -> Result<BuildArgs, CliError> {
         syslinux: syslinux.unwrap_or_else(|| DEFAULT_SYSLINUX.into()),
         syslinux_dir: syslinux_dir.unwrap_or_else(|| DEFAULT_SYSLINUX_DIR.into()),
         pxelinux: pxelinux.unwrap_or_else(|| DEFAULT_PXELINUX.into()),
+        config_pubkey,
     })
 }
 
@@ -151,6 +159,7 @@ mod tests {
             PathBuf::from("/usr/lib/syslinux/mbr/gptmbr.bin")
         );
         assert_eq!(parsed.pxelinux, PathBuf::from(DEFAULT_PXELINUX));
+        assert_eq!(parsed.config_pubkey, None);
         let custom = parse_build(&args(&format!(
             "{FULL} --syslinux sl --syslinux-dir sd --pxelinux px"
         )))
@@ -161,6 +170,8 @@ mod tests {
             PathBuf::from("sd/modules/bios/ldlinux.c32")
         );
         assert_eq!(custom.pxelinux, PathBuf::from("px"));
+        let signed = parse_build(&args(&format!("{FULL} --config-pubkey k.pub"))).unwrap();
+        assert_eq!(signed.config_pubkey, Some(PathBuf::from("k.pub")));
         let equals = parse_build(&args(&format!("{FULL} --budget=1M"))).unwrap();
         assert_eq!(equals.budget.as_deref(), Some("1M"));
     }

@@ -51,7 +51,6 @@ impl Ids {
 }
 
 /// Formats an on-disk (mixed-endian) GUID the way sgdisk and blkid print it.
-#[cfg(test)]
 pub fn guid_string(guid: &[u8; 16]) -> String {
     format!(
         "{:02X}{:02X}{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}-{}",

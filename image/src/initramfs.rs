@@ -34,12 +34,27 @@ fn console() -> Entry<'static> {
     Entry::char_device("dev/console", 0o600, 5, 1)
 }
 
-/// Host initramfs: `/init`, `/bin/vmm`, mount points and `/dev/console`.
-pub fn host(init: &[u8], vmm: &[u8], mtime: u32) -> Result<Vec<u8>, InitramfsError> {
+/// Where init looks for the config signing key (init's
+/// `config_source::signed::PUBKEY_PATH`, without the leading `/`).
+pub const CONFIG_PUBKEY: &str = "etc/hv/config.pub";
+
+/// Host initramfs: `/init`, `/bin/vmm`, mount points and `/dev/console`,
+/// and the config signing key when there is one.
+pub fn host(
+    init: &[u8],
+    vmm: &[u8],
+    config_pubkey: Option<&[u8]>,
+    mtime: u32,
+) -> Result<Vec<u8>, InitramfsError> {
     let mut entries: Vec<Entry<'_>> = HOST_DIRS.iter().map(|d| Entry::dir(d)).collect();
     entries.push(console());
     entries.push(Entry::file("init", 0o755, init));
     entries.push(Entry::file("bin/vmm", 0o755, vmm));
+    if let Some(key) = config_pubkey {
+        entries.push(Entry::dir("etc"));
+        entries.push(Entry::dir("etc/hv"));
+        entries.push(Entry::file(CONFIG_PUBKEY, 0o644, key));
+    }
     gzip(&write_archive(&entries, mtime)?)
 }
 
@@ -79,7 +94,7 @@ mod tests {
 
     #[test]
     fn host_layout_matches_contract() {
-        let image = host(b"INIT", b"VMM", 99).unwrap();
+        let image = host(b"INIT", b"VMM", None, 99).unwrap();
         assert_eq!(&image[..2], &[0x1f, 0x8b], "gzip magic");
         let members = read_archive(&gunzip(&image)).unwrap();
         let listing: Vec<(&str, u32)> = members.iter().map(|m| (m.name.as_str(), m.mode)).collect();
@@ -106,6 +121,17 @@ mod tests {
     }
 
     #[test]
+    fn a_config_key_is_baked_at_its_path() {
+        let image = host(b"INIT", b"VMM", Some(b"KEY"), 0).unwrap();
+        let members = read_archive(&gunzip(&image)).unwrap();
+        let key = members.iter().find(|m| m.name == CONFIG_PUBKEY).unwrap();
+        assert_eq!((key.mode, key.data.as_slice()), (0o100644, &b"KEY"[..]));
+        assert!(members
+            .iter()
+            .any(|m| m.name == "etc/hv" && m.mode == 0o040755));
+    }
+
+    #[test]
     fn example_guest_has_busybox_and_script() {
         let members = read_archive(&gunzip(&example_guest(b"BB", 0).unwrap())).unwrap();
         let init = members.iter().find(|m| m.name == "init").unwrap();
@@ -123,7 +149,13 @@ mod tests {
 
     #[test]
     fn deterministic() {
-        assert_eq!(host(b"a", b"b", 5).unwrap(), host(b"a", b"b", 5).unwrap());
-        assert_ne!(host(b"a", b"b", 5).unwrap(), host(b"a", b"b", 6).unwrap());
+        assert_eq!(
+            host(b"a", b"b", None, 5).unwrap(),
+            host(b"a", b"b", None, 5).unwrap()
+        );
+        assert_ne!(
+            host(b"a", b"b", None, 5).unwrap(),
+            host(b"a", b"b", None, 6).unwrap()
+        );
     }
 }

@@ -25,6 +25,8 @@ pub enum Kind {
     Com32Module,
     /// PXELINUX's network bootstrap program (pxelinux.0).
     Pxelinux,
+    /// A minisign public key file, as `minisign -G` writes it.
+    MinisignPublicKey,
 }
 
 #[derive(Debug)]
@@ -84,6 +86,13 @@ pub enum Mismatch {
     Dynamic,
     #[error("not an EFI application (no PE header)")]
     NotPe,
+    #[error("this is a minisign secret key; pass the public key (the .pub file)")]
+    SecretKey,
+    #[error(
+        "not a minisign public key file (minisign -G writes one: an \
+         \"untrusted comment:\" line, then the key in base64){0}"
+    )]
+    NotMinisignKey(String),
 }
 
 /// Reads `path` and checks that it is a `kind`. Errors name the role, the
@@ -135,7 +144,29 @@ fn check(data: &[u8], kind: Kind) -> Result<(), Mismatch> {
             }
             Ok(())
         }
+        Kind::MinisignPublicKey => check_minisign_key(data),
     }
+}
+
+/// What init's `signed::Trust::parse` accepts: the comment line, the key,
+/// nothing else.
+fn check_minisign_key(data: &[u8]) -> Result<(), Mismatch> {
+    let not_key = |why: &str| Mismatch::NotMinisignKey(why.to_string());
+    let text = std::str::from_utf8(data).map_err(|_| not_key(": not text"))?;
+    let mut lines = text.lines();
+    let comment = lines.next().unwrap_or_default();
+    if comment.contains("secret key") {
+        return Err(Mismatch::SecretKey);
+    }
+    if !comment.starts_with("untrusted comment:") {
+        return Err(not_key(": no \"untrusted comment:\" first line"));
+    }
+    let key = lines.next().unwrap_or_default().trim();
+    minisign_verify::PublicKey::from_base64(key).map_err(|e| not_key(&format!(": {e}")))?;
+    if lines.any(|l| !l.trim().is_empty()) {
+        return Err(not_key(": more than two lines"));
+    }
+    Ok(())
 }
 
 /// The x86 boot protocol puts "HdrS" at 0x202 of every bzImage.
@@ -258,6 +289,24 @@ pub mod tests {
         assert!(check(&fake_static_elf(0x400), Kind::Kernel).is_err());
         assert!(check(&fake_bzimage(true, 0), Kind::StaticExecutable).is_err());
         assert!(check(&fake_static_elf(0), Kind::EfiApplication).is_err());
+    }
+
+    #[test]
+    fn minisign_keys() {
+        let key = "untrusted comment: minisign public key 1D0A5C4E\n\
+                   RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3\n";
+        check(key.as_bytes(), Kind::MinisignPublicKey).unwrap();
+        for (bad, why) in [
+            ("untrusted comment: minisign encrypted secret key\nRWRTY0Iy\n", "secret key"),
+            ("RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3\n", "first line"),
+            ("untrusted comment: x\nnot base64\n", "not a minisign public key"),
+            ("untrusted comment: x\nRWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3\nx\n", "more than two"),
+        ] {
+            let e = check(bad.as_bytes(), Kind::MinisignPublicKey)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
     }
 
     #[test]

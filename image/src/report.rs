@@ -32,6 +32,8 @@ pub struct SizeReport {
     pub host_initramfs: u64,
     pub init: u64,
     pub vmm: u64,
+    /// The config signing key in the initramfs, when one is baked in.
+    pub config_pubkey: Option<u64>,
     pub efi_loader: u64,
     /// ldlinux.sys and ldlinux.c32 as installed on the ESP.
     pub bios_loader: u64,
@@ -72,6 +74,7 @@ impl SizeReport {
                 "host_initramfs": self.host_initramfs,
                 "init": self.init,
                 "vmm": self.vmm,
+                "config_pubkey": self.config_pubkey,
                 "efi_loader": self.efi_loader,
                 "bios_loader": self.bios_loader,
                 "mbr_boot_code": self.mbr_boot_code,
@@ -102,6 +105,9 @@ impl fmt::Display for SizeReport {
         )?;
         row(f, "  init", self.init)?;
         row(f, "  vmm", self.vmm)?;
+        if let Some(key) = self.config_pubkey {
+            row(f, "  config signing key (/etc/hv/config.pub)", key)?;
+        }
         row(f, "EFI loader (systemd-boot)", self.efi_loader)?;
         row(f, "BIOS loader (syslinux, ESP /syslinux)", self.bios_loader)?;
         row(f, "BIOS MBR boot code (gptmbr.bin)", self.mbr_boot_code)?;
@@ -137,6 +143,7 @@ mod tests {
             host_initramfs: 900_000,
             init: 400_000,
             vmm: 1_500_000,
+            config_pubkey: None,
             efi_loader: 100_000,
             bios_loader: 180_000,
             mbr_boot_code: 440,
@@ -172,6 +179,20 @@ mod tests {
         assert_eq!(json["components"]["pxe_loader"], 160_000);
         assert_eq!(json["partitions"]["config"]["used_bytes"], 5_100_000);
         assert_eq!(json["free_bytes"], report.free());
+        assert_eq!(json["components"]["config_pubkey"], Value::Null);
+        assert!(!report.to_string().contains("config signing key"));
+    }
+
+    #[test]
+    fn a_baked_key_is_listed() {
+        let report = SizeReport {
+            config_pubkey: Some(104),
+            ..sample()
+        };
+        assert_eq!(report.to_json()["components"]["config_pubkey"], 104);
+        assert!(report
+            .to_string()
+            .contains("config signing key (/etc/hv/config.pub)          104"));
     }
 
     #[test]

@@ -163,7 +163,31 @@ fn builds_all_outputs_within_budget() {
         efi_app(100_000)
     );
     let entry = String::from_utf8(read_file(esp, "loader/entries/hv.conf").unwrap()).unwrap();
-    assert!(entry.contains("options console=tty0 console=ttyS0,115200n8 panic=10"));
+    // The config partition by its PARTUUID, as the GPT has it.
+    let g = gpt[2].unique_partition_guid;
+    let partuuid = format!(
+        "{:02X}{:02X}{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}-{}",
+        g[3],
+        g[2],
+        g[1],
+        g[0],
+        g[5],
+        g[4],
+        g[7],
+        g[6],
+        g[8],
+        g[9],
+        g[10..]
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<String>()
+    );
+    let options =
+        format!("console=tty0 console=ttyS0,115200n8 panic=10 hv.config=PARTUUID={partuuid}");
+    assert!(
+        entry.lines().any(|l| l == format!("options {options}")),
+        "{entry}"
+    );
     assert_eq!(
         read_file(config, "example/bzImage").unwrap(),
         bzimage(false, 600_000, 0x47)
@@ -201,7 +225,7 @@ fn builds_all_outputs_within_budget() {
         (ldlinux_sys.len() + ldlinux_c32.len()) as u64
     );
     let syslinux_cfg = String::from_utf8(read_file(esp, "syslinux/syslinux.cfg").unwrap()).unwrap();
-    assert!(syslinux_cfg.contains("APPEND console=tty0 console=ttyS0,115200n8 panic=10\n"));
+    assert!(syslinux_cfg.contains(&format!("APPEND {options}\n")));
     assert_eq!(
         std::fs::read(out.join("pxe/pxelinux.0")).unwrap(),
         std::fs::read(PXELINUX).unwrap()

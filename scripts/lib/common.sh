@@ -7,8 +7,10 @@ HV_BUILD_PACKAGES=(
     busybox-static systemd-boot-efi syslinux syslinux-common pxelinux mtools
 )
 HV_TEST_PACKAGES=(
-    qemu-system-x86 ovmf ipxe-qemu dosfstools gdisk e2fsprogs
+    qemu-system-x86 ovmf ipxe-qemu dosfstools gdisk e2fsprogs minisign
 )
+# scripts/sign-config (and the signed-config tests) sign with minisign.
+HV_SIGN_PACKAGES=(minisign)
 
 HV_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HV_CACHE=${HV_CACHE:-$HOME/.cache/hv}

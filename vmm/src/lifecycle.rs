@@ -126,6 +126,8 @@ pub fn run(vmm: Vmm, signals: &SignalFd, opts: &RunOptions) -> Result<VmmExit, E
     // Privileges were dropped and no_new_privs set before the VM was
     // built (see `privileges`). Every thread installs its own filter. The
     // workers' go on first, before any vCPU exists to hand them queues.
+    // Only the block workers may touch the disks (positioned I/O).
+    let disks: Vec<i32> = workers.iter().filter_map(|g| g.fds().disk).collect();
     start_workers(workers, opts.seccomp)?;
     let console_filter = match opts.seccomp {
         true => Some(Arc::new(seccomp::filter(ThreadKind::Console)?)),
@@ -137,7 +139,7 @@ pub fn run(vmm: Vmm, signals: &SignalFd, opts: &RunOptions) -> Result<VmmExit, E
     let start = Arc::new(Barrier::new(vcpus.len() + 1));
     let stop = Arc::new(AtomicBool::new(false));
     let vcpu_filter = match opts.seccomp {
-        true => Some(Arc::new(seccomp::filter(ThreadKind::Vcpu)?)),
+        true => Some(Arc::new(seccomp::filter(ThreadKind::Vcpu, &disks)?)),
         false => None,
     };
     let mut handles = Vec::new();
@@ -163,7 +165,7 @@ pub fn run(vmm: Vmm, signals: &SignalFd, opts: &RunOptions) -> Result<VmmExit, E
     // the main thread.
     start.wait();
     if opts.seccomp {
-        let main = seccomp::filter(ThreadKind::Main)?;
+        let main = seccomp::filter(ThreadKind::Main, &disks)?;
         seccompiler::apply_filter(&main).map_err(Error::ApplyFilter)?;
     }
 
@@ -189,7 +191,7 @@ fn start_workers(workers: Vec<WorkerGate>, seccomp: bool) -> Result<(), Error> {
             true => {
                 let kind = ThreadKind::virtio_worker(gate.device_type())
                     .ok_or(Error::NoWorkerFilter(gate.device_type()))?;
-                Some(seccomp::filter(kind)?)
+                Some(seccomp::worker_filter(kind, gate.fds())?)
             }
             false => None,
         };

@@ -3,9 +3,6 @@
 //! the guest the rest of the vmm sees; everything the builder needs is an
 //! accessor on it.
 
-use std::fs;
-use std::io;
-use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use hvconfig::guest::{GuestConfig, Machine, DEFAULT_CMDLINE};
@@ -22,14 +19,6 @@ pub enum Error {
     /// A file the definition points at is missing or of the wrong type.
     #[error("{0}")]
     Files(ConfigError),
-    /// The kernel or initrd is missing, empty or not a regular file.
-    #[error("{definition}: {what} {path}: {problem}")]
-    BootFile {
-        definition: String,
-        what: &'static str,
-        path: String,
-        problem: String,
-    },
 }
 
 impl Error {
@@ -108,11 +97,7 @@ impl VmSource {
         let VmSource::Definition(guest) = self else {
             return Ok(());
         };
-        check_boot_file(&guest.file, "kernel", &guest.boot.kernel)?;
-        if let Some(initrd) = &guest.boot.initrd {
-            check_boot_file(&guest.file, "initrd", initrd)?;
-        }
-        Ok(())
+        guest.check_boot_files().map_err(Error::Files)
     }
 
     /// The guest's name: the definition's, or "vmm" for an ad-hoc kernel.
@@ -190,41 +175,10 @@ impl VmSource {
     }
 }
 
-/// The boot-file half of `hvconfig`'s `GuestConfig::check_files`, with its
-/// messages: the vmm checks only these when init hands it the disks.
-fn check_boot_file(definition: &Path, what: &'static str, path: &Path) -> Result<(), Error> {
-    let fail = |problem: String| Error::BootFile {
-        definition: definition.display().to_string(),
-        what,
-        path: path.display().to_string(),
-        problem,
-    };
-    let meta = match fs::metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(fail("no such file".into())),
-        Err(e) => return Err(fail(format!("cannot access: {e}"))),
-    };
-    let kind = meta.file_type();
-    if !kind.is_file() {
-        let found = if kind.is_dir() {
-            "a directory"
-        } else if kind.is_block_device() {
-            "a block device"
-        } else if kind.is_char_device() {
-            "a character device"
-        } else {
-            "a special file"
-        };
-        return Err(fail(format!("is {found}, expected a regular file")));
-    }
-    if meta.len() == 0 {
-        return Err(fail("file is empty".into()));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     fn ad_hoc(kernel: &str) -> VmSource {

@@ -15,9 +15,28 @@
 //!
 //! The lists were checked with `strace -f` on the tests (vmm/tests/run.rs
 //! and a Linux guest using virtio-blk, -net and -rng, shut down by SIGTERM).
+//!
+//! Beyond the system call numbers:
+//! - memory: no thread can make memory executable. `mmap` and `mprotect`
+//!   are allowed only without `PROT_EXEC` (and `mmap` only anonymous: no
+//!   thread maps a file, the disk or guest memory, after set-up).
+//!   `mremap` has no protection argument: it keeps a mapping's protection
+//!   and contents, so it cannot create executable memory; it is allowed
+//!   only without `MREMAP_FIXED` and `MREMAP_DONTUNMAP`, so an existing
+//!   mapping (the program's code included) cannot be moved over another
+//!   one or duplicated. `madvise` only frees memory (`MADV_DONTNEED`,
+//!   `MADV_FREE`).
+//! - fds: each virtio worker may `read` and `write` only the fds it owns
+//!   ([`WorkerFds`]: its eventfds, its tap, stderr) and the disk calls
+//!   (`pread64`, `pwrite64`, `fdatasync`) only on its disk, so not even a
+//!   compromised block worker can `write(2)` a disk at the file offset.
+//!   The vCPU and main threads write to several devices' eventfds, the
+//!   console and stderr: they may `write` any fd but the disks.
+//! - ioctl: by request number, see [`ioctls`].
 
 use std::collections::BTreeMap;
 use std::convert::TryInto;
+use std::os::fd::RawFd;
 
 use seccompiler::{
     BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
@@ -65,20 +84,29 @@ impl ThreadKind {
     }
 }
 
-/// What any Rust thread needs to allocate, lock, log and exit.
+/// The fds one virtio worker thread does I/O on: its filter allows
+/// `read`, `write` and the disk calls on these alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerFds {
+    /// `read`: the control and queue-notify eventfds, the tap.
+    pub read: Vec<RawFd>,
+    /// `write`: stderr (log lines), the interrupt eventfd, the
+    /// queue-notify eventfds (re-armed when work is left), the tap.
+    pub write: Vec<RawFd>,
+    /// `pread64`, `pwrite64`, `fdatasync`: the disk image.
+    pub disk: Option<RawFd>,
+}
+
+/// What any Rust thread needs to allocate, lock, log and exit (memory
+/// calls are added with argument checks by [`memory_rules`]).
 const COMMON: &[i64] = &[
     // Heap and per-request buffers (the allocator grows, shrinks and
     // returns memory).
     libc::SYS_brk,
-    libc::SYS_mmap,
     libc::SYS_munmap,
-    libc::SYS_mremap,
-    libc::SYS_madvise,
     // Mutexes, channels, thread join.
     libc::SYS_futex,
     libc::SYS_sched_yield,
-    // Log lines on stderr; eventfd signalling (irqfd, exit, notify).
-    libc::SYS_write,
     // Log timestamps (normally served by the vDSO).
     libc::SYS_clock_gettime,
     // Thread exit: std tears down the signal stack and masks signals.
@@ -92,7 +120,8 @@ const COMMON: &[i64] = &[
     libc::SYS_close,
 ];
 
-/// What every virtio worker's epoll loop needs on top of [`COMMON`].
+/// What every virtio worker's epoll loop needs on top of [`COMMON`]
+/// (`read` and `write` are added per fd, see [`WorkerFds`]).
 const VIRTIO_WORKER: &[i64] = &[
     // Waiting for queue notifications, commands and tap input
     // (epoll_pwait on musl, epoll_wait on glibc).
@@ -101,12 +130,12 @@ const VIRTIO_WORKER: &[i64] = &[
     // Turning tap polling on and off (virtio-net; harmless elsewhere, the
     // worker only holds its own epoll fd).
     libc::SYS_epoll_ctl,
-    // Draining the control and queue-notify eventfds.
-    libc::SYS_read,
 ];
 
 fn syscalls(kind: ThreadKind) -> &'static [i64] {
     match kind {
+        // write (log lines, eventfd signalling) is added for every fd but
+        // the disks, see `filter`.
         ThreadKind::Main => &[
             libc::SYS_epoll_pwait,
             libc::SYS_epoll_wait,
@@ -120,11 +149,14 @@ fn syscalls(kind: ThreadKind) -> &'static [i64] {
             libc::SYS_nanosleep,
             libc::SYS_clock_nanosleep,
         ],
-        // ioctl is added with argument checks below.
+        // write (the serial console, log lines, queue-notify and control
+        // eventfds, the exit eventfd) is added for every fd but the disks,
+        // and ioctl with argument checks, in `rules`.
         ThreadKind::Vcpu => &[],
-        // Disk reads and writes at the request's sector, and FLUSH.
-        ThreadKind::BlockWorker => &[libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_fdatasync],
-        // Frames move with read/write on the tap, already in the list.
+        // Disk reads and writes at the request's sector, and FLUSH: added
+        // for the disk fd only, see `worker_rules`.
+        ThreadKind::BlockWorker => &[],
+        // Frames move with read/write on the tap (see `WorkerFds`).
         ThreadKind::NetWorker => &[],
         // The entropy itself.
         ThreadKind::RngWorker => &[libc::SYS_getrandom],
@@ -158,13 +190,90 @@ fn ioctls(kind: ThreadKind) -> &'static [u64] {
     }
 }
 
-fn arg_equals(index: u8, value: u64) -> Result<SeccompRule, Error> {
-    let cond = SeccompCondition::new(index, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
-        .map_err(Error::Filter)?;
-    SeccompRule::new(vec![cond]).map_err(Error::Filter)
+fn condition(index: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, Error> {
+    SeccompCondition::new(index, SeccompCmpArgLen::Dword, op, value).map_err(Error::Filter)
 }
 
-fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Error> {
+fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, Error> {
+    SeccompRule::new(conditions).map_err(Error::Filter)
+}
+
+fn arg_equals(index: u8, value: u64) -> Result<SeccompRule, Error> {
+    rule(vec![condition(index, SeccompCmpOp::Eq, value)?])
+}
+
+/// `arg & mask == 0`
+fn bits_clear(index: u8, mask: u64) -> Result<SeccompCondition, Error> {
+    condition(index, SeccompCmpOp::MaskedEq(mask), 0)
+}
+
+/// The memory calls every thread makes, argument-checked: see the module
+/// documentation.
+fn memory_rules(map: &mut BTreeMap<i64, Vec<SeccompRule>>) -> Result<(), Error> {
+    let exec = libc::PROT_EXEC as u64;
+    let anonymous = libc::MAP_ANONYMOUS as u64;
+    // mmap(addr, len, prot, flags, fd, off)
+    map.insert(
+        libc::SYS_mmap,
+        vec![rule(vec![
+            bits_clear(2, exec)?,
+            condition(3, SeccompCmpOp::MaskedEq(anonymous), anonymous)?,
+        ])?],
+    );
+    // mprotect(addr, len, prot): allocators turn guard pages into heap.
+    map.insert(libc::SYS_mprotect, vec![rule(vec![bits_clear(2, exec)?])?]);
+    // mremap(old, old_len, new_len, flags, new_addr): realloc.
+    let moves = (libc::MREMAP_FIXED | MREMAP_DONTUNMAP) as u64;
+    map.insert(libc::SYS_mremap, vec![rule(vec![bits_clear(3, moves)?])?]);
+    // madvise(addr, len, advice): free(3) giving pages back.
+    map.insert(
+        libc::SYS_madvise,
+        vec![
+            arg_equals(2, libc::MADV_DONTNEED as u64)?,
+            arg_equals(2, libc::MADV_FREE as u64)?,
+        ],
+    );
+    Ok(())
+}
+
+/// `MREMAP_DONTUNMAP` (Linux 5.7), which the libc crate does not name
+/// for every target.
+const MREMAP_DONTUNMAP: libc::c_int = 4;
+
+/// Rules allowing system call `nr` when its first argument is one of
+/// `fds`; nothing (the call traps) when there are none.
+fn on_fds(map: &mut BTreeMap<i64, Vec<SeccompRule>>, nr: i64, fds: &[RawFd]) -> Result<(), Error> {
+    let rules = fds
+        .iter()
+        .filter_map(|&fd| u64::try_from(fd).ok())
+        .map(|fd| arg_equals(0, fd))
+        .collect::<Result<Vec<_>, _>>()?;
+    // An empty rule list would allow the call on any fd.
+    if !rules.is_empty() {
+        map.insert(nr, rules);
+    }
+    Ok(())
+}
+
+fn worker_rules(map: &mut BTreeMap<i64, Vec<SeccompRule>>, fds: &WorkerFds) -> Result<(), Error> {
+    on_fds(map, libc::SYS_read, &fds.read)?;
+    on_fds(map, libc::SYS_write, &fds.write)?;
+    let disk: &[RawFd] = fds.disk.as_slice();
+    for nr in [libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_fdatasync] {
+        on_fds(map, nr, disk)?;
+    }
+    Ok(())
+}
+
+/// What a main or vCPU thread may do with an fd: the workers' own fds,
+/// or (`Spare`) any but the disks.
+#[derive(Clone, Copy)]
+enum Fds<'a> {
+    Worker(&'a WorkerFds),
+    Spare(&'a [RawFd]),
+}
+
+fn rules(kind: ThreadKind, fds: Fds) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Error> {
     let mut map: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     let worker: &[i64] = if is_virtio_worker(kind) {
         VIRTIO_WORKER
@@ -173,6 +282,25 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Error> {
     };
     for &nr in COMMON.iter().chain(worker).chain(syscalls(kind)) {
         map.insert(nr, vec![]);
+    }
+    memory_rules(&mut map)?;
+    match fds {
+        Fds::Worker(fds) if is_virtio_worker(kind) => worker_rules(&mut map, fds)?,
+        Fds::Worker(_) => {}
+        Fds::Spare(disks) if !is_virtio_worker(kind) => {
+            // One rule: the fd is none of the disks.
+            let not_disks = disks
+                .iter()
+                .filter_map(|&fd| u64::try_from(fd).ok())
+                .map(|fd| condition(0, SeccompCmpOp::Ne, fd))
+                .collect::<Result<Vec<_>, _>>()?;
+            let write = match not_disks.is_empty() {
+                true => vec![],
+                false => vec![rule(not_disks)?],
+            };
+            map.insert(libc::SYS_write, write);
+        }
+        Fds::Spare(_) => {}
     }
     let ioctl_rules = ioctls(kind)
         .iter()
@@ -188,11 +316,19 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Error> {
     Ok(map)
 }
 
-/// Compiles the allow-list for one thread kind. Anything else traps
-/// (SIGSYS), and the handler installed by [`install_sigsys_handler`] names
-/// the offending system call before exiting.
-pub fn filter(kind: ThreadKind) -> Result<BpfProgram, Error> {
-    compile(rules(kind)?)
+/// Compiles the allow-list for the main or a vCPU thread, which may
+/// `write` any fd but `disks` (those go through the block workers'
+/// positioned I/O only). Anything else traps (SIGSYS), and the handler
+/// installed by [`install_sigsys_handler`] names the offending system call
+/// before exiting. A virtio worker kind gets no I/O at all here: see
+/// [`worker_filter`].
+pub fn filter(kind: ThreadKind, disks: &[RawFd]) -> Result<BpfProgram, Error> {
+    compile(rules(kind, Fds::Spare(disks))?)
+}
+
+/// Compiles the allow-list of a virtio worker doing I/O on `fds` only.
+pub fn worker_filter(kind: ThreadKind, fds: &WorkerFds) -> Result<BpfProgram, Error> {
+    compile(rules(kind, Fds::Worker(fds))?)
 }
 
 fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>) -> Result<BpfProgram, Error> {
@@ -250,23 +386,47 @@ mod tests {
         ThreadKind::RngWorker,
     ];
 
+    /// fds as a block worker might have them: control 10, notify 11,
+    /// interrupt 12, disk 13.
+    fn sample_fds(kind: ThreadKind) -> WorkerFds {
+        WorkerFds {
+            read: vec![10, 11],
+            write: vec![2, 12, 11],
+            disk: (kind == ThreadKind::BlockWorker).then_some(13),
+        }
+    }
+
+    fn rules_of(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
+        match is_virtio_worker(kind) {
+            true => rules(kind, Fds::Worker(&sample_fds(kind))).unwrap(),
+            false => rules(kind, Fds::Spare(&[13])).unwrap(),
+        }
+    }
+
+    fn compiled(kind: ThreadKind, fds: &WorkerFds) -> BpfProgram {
+        match is_virtio_worker(kind) {
+            true => worker_filter(kind, fds).unwrap(),
+            false => filter(kind, fds.disk.as_slice()).unwrap(),
+        }
+    }
+
     #[test]
     fn every_kind_compiles() {
         for kind in ALL_KINDS {
-            assert!(!filter(*kind).unwrap().is_empty());
+            assert!(!compiled(*kind, &sample_fds(*kind)).is_empty());
         }
     }
 
     #[test]
     fn only_vcpus_run_guests() {
-        let vcpu = rules(ThreadKind::Vcpu).unwrap();
+        let vcpu = rules_of(ThreadKind::Vcpu);
         assert!(vcpu.contains_key(&libc::SYS_ioctl));
         assert!(!vcpu.contains_key(&libc::SYS_read));
         for kind in WORKERS {
-            assert!(!rules(kind).unwrap().contains_key(&libc::SYS_ioctl));
+            assert!(!rules_of(kind).contains_key(&libc::SYS_ioctl));
         }
         for kind in ALL_KINDS {
-            let map = rules(*kind).unwrap();
+            let map = rules_of(*kind);
             for nr in [
                 libc::SYS_openat,
                 libc::SYS_execve,
@@ -278,15 +438,31 @@ mod tests {
             ] {
                 assert!(!map.contains_key(&nr), "{kind:?} allows {nr}");
             }
+            // Memory calls are always argument-checked.
+            for nr in [
+                libc::SYS_mmap,
+                libc::SYS_mprotect,
+                libc::SYS_mremap,
+                libc::SYS_madvise,
+            ] {
+                assert!(!map[&nr].is_empty(), "{kind:?} allows {nr} unchecked");
+            }
         }
     }
 
     #[test]
     fn workers_get_only_their_device_calls() {
-        let has = |kind, nr| rules(kind).unwrap().contains_key(&nr);
+        let has = |kind, nr| rules_of(kind).contains_key(&nr);
         for kind in WORKERS {
             assert!(has(kind, libc::SYS_epoll_pwait));
-            assert!(has(kind, libc::SYS_read));
+            // Only on their own fds.
+            assert!(!rules_of(kind)[&libc::SYS_read].is_empty());
+            assert!(!rules_of(kind)[&libc::SYS_write].is_empty());
+            // Without fds, no I/O at all.
+            let bare = rules(kind, Fds::Worker(&WorkerFds::default())).unwrap();
+            assert!(!bare.contains_key(&libc::SYS_read));
+            assert!(!bare.contains_key(&libc::SYS_write));
+            assert!(!bare.contains_key(&libc::SYS_pwrite64));
         }
         assert!(has(ThreadKind::BlockWorker, libc::SYS_pwrite64));
         assert!(!has(ThreadKind::NetWorker, libc::SYS_pwrite64));
@@ -294,6 +470,13 @@ mod tests {
         assert!(has(ThreadKind::RngWorker, libc::SYS_getrandom));
         assert!(!has(ThreadKind::BlockWorker, libc::SYS_getrandom));
         assert!(!has(ThreadKind::Vcpu, libc::SYS_epoll_pwait));
+        // The main and vCPU threads write anything but the disks.
+        for kind in [ThreadKind::Main, ThreadKind::Vcpu] {
+            assert!(!rules_of(kind)[&libc::SYS_write].is_empty());
+            assert!(!has(kind, libc::SYS_pwrite64));
+            let no_disks = rules(kind, Fds::Spare(&[])).unwrap();
+            assert!(no_disks[&libc::SYS_write].is_empty());
+        }
         assert_eq!(
             ThreadKind::virtio_worker(VIRTIO_ID_NET),
             Some(ThreadKind::NetWorker)
@@ -306,5 +489,189 @@ mod tests {
         // _IOC(dir, type, nr, size) = dir << 30 | size << 16 | type << 8 | nr
         assert_eq!(KVM_RUN, (0xae << 8) | 0x80);
         assert_eq!(KVM_IRQ_LINE, (1 << 30) | (8 << 16) | (0xae << 8) | 0x61);
+    }
+
+    /// How a forked child under a filter ended.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Ended {
+        Exited(i32),
+        Signal(i32),
+    }
+
+    /// Forks a child (a process, not a thread: a filter is for good) that
+    /// installs `program` and then runs `probe`, exiting 0 if it returns.
+    /// The filter is compiled before the fork; the child only makes
+    /// system calls, it allocates nothing.
+    fn run_filtered(program: &BpfProgram, probe: fn()) -> Ended {
+        // SAFETY: fork has no preconditions; the child below only calls
+        // async-signal-safe functions and ends with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            // The default SIGSYS action (kill the process) is what we
+            // observe: no handler in the child.
+            if seccompiler::apply_filter(program).is_err() {
+                // SAFETY: leaving the child without the parent's state.
+                unsafe { libc::_exit(100) };
+            }
+            probe();
+            // SAFETY: as above.
+            unsafe { libc::_exit(0) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child, into a valid int.
+        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(rc, pid);
+        if libc::WIFSIGNALED(status) {
+            Ended::Signal(libc::WTERMSIG(status))
+        } else {
+            Ended::Exited(libc::WEXITSTATUS(status))
+        }
+    }
+
+    fn map(prot: libc::c_int) {
+        // SAFETY: a fresh anonymous mapping touches no existing memory.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                prot,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            // SAFETY: leaving the child.
+            unsafe { libc::_exit(101) };
+        }
+    }
+
+    fn map_exec() {
+        map(libc::PROT_READ | libc::PROT_EXEC);
+    }
+
+    fn map_read_write() {
+        map(libc::PROT_READ | libc::PROT_WRITE);
+    }
+
+    fn protect_exec() {
+        // SAFETY: a fresh mapping of our own, made executable.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if p == libc::MAP_FAILED {
+                libc::_exit(101);
+            }
+            libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_EXEC);
+        }
+    }
+
+    #[test]
+    fn no_thread_kind_can_map_executable_memory() {
+        for &kind in ALL_KINDS {
+            let program = compiled(kind, &sample_fds(kind));
+            assert_eq!(
+                run_filtered(&program, map_read_write),
+                Ended::Exited(0),
+                "{kind:?}: plain memory must still work"
+            );
+            assert_eq!(
+                run_filtered(&program, map_exec),
+                Ended::Signal(libc::SIGSYS),
+                "{kind:?}: mmap(PROT_EXEC)"
+            );
+            assert_eq!(
+                run_filtered(&program, protect_exec),
+                Ended::Signal(libc::SIGSYS),
+                "{kind:?}: mprotect(PROT_EXEC)"
+            );
+        }
+    }
+
+    /// The disk's fd, for the probes (set before the fork).
+    static DISK_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+    fn disk_fd() -> RawFd {
+        DISK_FD.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn positioned_write_on_disk() {
+        // SAFETY: writing a valid buffer to the disk fd.
+        if unsafe { libc::pwrite64(disk_fd(), b"x".as_ptr().cast(), 1, 0) } != 1 {
+            // SAFETY: leaving the child.
+            unsafe { libc::_exit(102) };
+        }
+    }
+
+    fn plain_write_on_disk() {
+        // SAFETY: writing a valid buffer to the disk fd.
+        unsafe { libc::write(disk_fd(), b"x".as_ptr().cast(), 1) };
+    }
+
+    fn positioned_write_elsewhere() {
+        // SAFETY: writing a valid buffer to the interrupt eventfd's number
+        // (the filter stops the call before it reaches any fd).
+        unsafe { libc::pwrite64(12, b"x".as_ptr().cast(), 1, 0) };
+    }
+
+    fn write_on_stderr() {
+        // SAFETY: writing a valid (empty) buffer to stderr.
+        unsafe { libc::write(2, b"".as_ptr().cast(), 0) };
+    }
+
+    #[test]
+    fn only_the_block_worker_touches_the_disk_and_only_positioned() {
+        use std::os::fd::AsRawFd;
+        let path = std::env::temp_dir().join(format!("vmm-seccomp-disk-{}", std::process::id()));
+        let disk = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        DISK_FD.store(disk.as_raw_fd(), std::sync::atomic::Ordering::SeqCst);
+        let kind = ThreadKind::BlockWorker;
+        let fds = WorkerFds {
+            disk: Some(disk.as_raw_fd()),
+            ..sample_fds(kind)
+        };
+        let program = &compiled(kind, &fds);
+        {
+            assert_eq!(
+                run_filtered(program, positioned_write_on_disk),
+                Ended::Exited(0)
+            );
+            assert_eq!(run_filtered(program, write_on_stderr), Ended::Exited(0));
+            assert_eq!(
+                run_filtered(program, plain_write_on_disk),
+                Ended::Signal(libc::SIGSYS),
+                "write(2) at the disk's file offset"
+            );
+            assert_eq!(
+                run_filtered(program, positioned_write_elsewhere),
+                Ended::Signal(libc::SIGSYS)
+            );
+        }
+        // Nor may the main and vCPU threads write the disk.
+        for kind in [ThreadKind::Main, ThreadKind::Vcpu] {
+            let program = &filter(kind, &[disk.as_raw_fd()]).unwrap();
+            assert_eq!(run_filtered(program, write_on_stderr), Ended::Exited(0));
+            assert_eq!(
+                run_filtered(program, plain_write_on_disk),
+                Ended::Signal(libc::SIGSYS),
+                "{kind:?}: write(2) on the disk"
+            );
+        }
+        // Nothing reached the file but the one positioned byte.
+        assert_eq!(disk.metadata().unwrap().len(), 1);
     }
 }

@@ -180,6 +180,7 @@ pub mod tests {
             node: PathBuf::from("/dev").join(name),
             disk: None,
             part_label: None,
+            part_uuid: None,
             fs: Some(FsInfo {
                 fstype: FsType::Vfat,
                 label: Some(label.into()),

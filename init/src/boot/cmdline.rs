@@ -72,7 +72,7 @@ pub fn parse(cmdline: &str) -> Options {
                     opts.config = ConfigSource::Device(spec);
                 } else {
                     opts.warnings.push(format!(
-                        "hv.config={v}: expected LABEL=x, PARTLABEL=x, UUID=x, /dev/... or \
+                        "hv.config={v}: expected PARTUUID=x, LABEL=x, PARTLABEL=x, UUID=x, /dev/... or \
                          http://...; using LABEL={DEFAULT_CONFIG_LABEL}"
                     ));
                 }
@@ -117,6 +117,13 @@ mod tests {
             parse("hv.config=UUID=1234-ABCD").config,
             ConfigSource::Device(DeviceSource::Uuid("1234-ABCD".into()))
         );
+        // What hv-image writes: the config partition by its GPT PARTUUID.
+        assert_eq!(
+            parse("panic=10 hv.config=PARTUUID=0A1B2C3D-0000-4000-8000-00000000000F").config,
+            ConfigSource::Device(DeviceSource::PartUuid(
+                "0A1B2C3D-0000-4000-8000-00000000000F".into()
+            ))
+        );
         assert_eq!(
             parse("hv.config=http://10.0.0.1/hv/").config,
             ConfigSource::Url("http://10.0.0.1/hv/".into())
@@ -126,7 +133,7 @@ mod tests {
 
     #[test]
     fn bad_config_option_warns_and_keeps_default() {
-        for bad in ["sdb1", "LABEL=", "PARTUUID=x"] {
+        for bad in ["sdb1", "LABEL=", "PARTUUID="] {
             let opts = parse(&format!("hv.config={bad}"));
             assert_eq!(opts.config, Options::default().config, "{bad}");
             assert_eq!(opts.warnings.len(), 1, "{bad}");

@@ -14,8 +14,9 @@ use std::time::Duration;
 use hvconfig::{ConfigError, GuestConfig, HostConfig};
 
 use crate::config_source::http::{self, Timeouts};
+use crate::config_source::signed::{self, FileError, Hashing, Hex, Manifest, SignError, Trust};
 use crate::config_source::url::{self, HttpUrl, Mirror, UrlError, MAC_PLACEHOLDER};
-use crate::config_source::Loaded;
+use crate::config_source::{Integrity, Loaded};
 use crate::host::ipconfig;
 
 /// Root of the copy in RAM (/run is a tmpfs): `http://SERVER/a/b` is
@@ -23,6 +24,10 @@ use crate::host::ipconfig;
 pub const MIRROR_DIR: &str = "/run/hv/config";
 /// Kernels and initrds; streamed to the tmpfs, never held in memory.
 pub const MAX_BOOT_FILE: u64 = 512 * 1024 * 1024;
+/// How many times a signed tree whose files do not match SHA256SUMS is
+/// fetched again (the server may be mid-update) before the files that
+/// match are used: with [`BACKOFF`], about a minute.
+pub const MISMATCH_RETRIES: u32 = 6;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Backoff {
@@ -89,6 +94,41 @@ pub enum FetchError {
     Store { path: PathBuf, source: io::Error },
     #[error("{}", describe(.0))]
     Http(http::Error),
+    #[error(transparent)]
+    Check(FileError),
+}
+
+/// Why SHA256SUMS or its signature could not be had or is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{0}: {1}; the image requires a signed config (see docs/signing.md)")]
+    Fetch(String, FetchError),
+    #[error(transparent)]
+    Sign(#[from] SignError),
+    #[error(transparent)]
+    Url(UrlError),
+}
+
+/// A signed tree being fetched: what SHA256SUMS says, and which files
+/// did not match it.
+struct Verify<'a> {
+    manifest: &'a Manifest,
+    failed: Vec<String>,
+}
+
+impl Verify<'_> {
+    /// `url`'s path as SHA256SUMS lists it.
+    fn rel(remote: &Remote, url: &HttpUrl) -> Result<String, FileError> {
+        url.relative_to(&remote.base)
+            .ok_or_else(|| FileError::Outside(url.to_string()))
+    }
+
+    fn fail(&mut self, rel: &str, e: &FileError, then: &str) -> ConfigError {
+        if matches!(e, FileError::Mismatch { .. } | FileError::Unlisted) {
+            self.failed.push(rel.to_string());
+        }
+        ConfigError::new(Path::new(rel), None, format!("{e}: {then}"))
+    }
 }
 
 fn store_error(path: &Path) -> impl FnOnce(io::Error) -> FetchError + '_ {
@@ -149,14 +189,68 @@ pub fn resolve_source(text: &str, backoff: Backoff) -> Result<HttpUrl, UrlError>
 }
 
 /// Everything is fetched before anything is used: guests start from a
-/// complete, consistent copy.
-pub fn fetch_all(remote: &Remote) -> Loaded {
-    let mut loaded = Loaded {
-        host: HostConfig::default(),
-        guests: Vec::new(),
-        errors: Vec::new(),
-        host_toml_found: false,
+/// complete, consistent copy. When `trust` requires a signature, SHA256SUMS
+/// and its signature come first and are fetched until they verify (a
+/// server mid-update must not leave the host without guests for good);
+/// files that do not match are fetched again a few times, then left out.
+pub fn fetch_all(remote: &Remote, trust: &Trust) -> Loaded {
+    resolver(remote);
+    if !trust.required() {
+        return fetch_tree(remote, None);
+    }
+    if let Trust::Broken(why) = trust {
+        let e = SignError::BrokenKey(why.clone());
+        return Loaded::refused(url_error(&remote.base, format!("{e}: nothing started")));
+    }
+    let mut delays = remote.backoff.start();
+    let mut mismatches = 0;
+    loop {
+        let manifest = match fetch_manifest(remote, trust) {
+            Ok(m) => m,
+            Err(e) => {
+                delays.wait(&remote.base, &format_args!("{e}: nothing started yet"));
+                continue;
+            }
+        };
+        let mut verify = Verify {
+            manifest: &manifest,
+            failed: Vec::new(),
+        };
+        let loaded = fetch_tree(remote, Some(&mut verify));
+        if verify.failed.is_empty() || mismatches >= MISMATCH_RETRIES {
+            return loaded;
+        }
+        mismatches += 1;
+        delays.wait(
+            &remote.base,
+            &format_args!(
+                "{} not as {} says (mid-update?), fetching the tree again",
+                verify.failed.join(", "),
+                signed::SUMS
+            ),
+        );
+    }
+}
+
+/// SHA256SUMS and its signature, verified.
+fn fetch_manifest(remote: &Remote, trust: &Trust) -> Result<Manifest, ManifestError> {
+    let get = |name: &str, limit| -> Result<Vec<u8>, ManifestError> {
+        let url = remote.base.resolve(name).map_err(ManifestError::Url)?;
+        remote
+            .backoff
+            .retry(&url, || {
+                let mut body = Vec::new();
+                http::get(&url, &mut body, limit, &remote.timeouts).map(|_| body)
+            })
+            .map_err(|e| ManifestError::Fetch(url.to_string(), FetchError::Http(e)))
     };
+    let sums = get(signed::SUMS, signed::MAX_SUMS)?;
+    let sig = get(signed::SUMS_SIG, signed::MAX_SIG)?;
+    Ok(trust.verify(&sums, &sig)?)
+}
+
+/// Names in the URL need the name servers DHCP gave.
+fn resolver(remote: &Remote) {
     if remote.base.host().parse::<IpAddr>().is_err() {
         match ipconfig::install_resolv_conf(
             Path::new(ipconfig::PROC_PNP),
@@ -170,12 +264,32 @@ pub fn fetch_all(remote: &Remote) -> Loaded {
             Err(e) => log::warn!("config: {}: {e}", ipconfig::RESOLV_CONF),
         }
     }
+}
+
+/// One pass over the tree: host.toml, its guests, their files.
+fn fetch_tree(remote: &Remote, mut verify: Option<&mut Verify<'_>>) -> Loaded {
+    let mut loaded = Loaded {
+        host: HostConfig::default(),
+        guests: Vec::new(),
+        errors: Vec::new(),
+        host_toml_found: false,
+        integrity: if verify.is_some() {
+            Integrity::Verified
+        } else {
+            Integrity::Unsigned
+        },
+    };
     let Some(host_url) = join(remote, "host.toml", &mut loaded.errors) else {
         return loaded;
     };
-    let text = match fetch_text(remote, &host_url) {
+    // host.toml sets the bridges and mounts every guest relies on: if it
+    // does not check out, nothing is started.
+    let text = match fetch_text(remote, &host_url, verify.as_deref_mut(), "nothing started") {
         Ok(text) => text,
         Err(e) => {
+            if verify.is_some() {
+                loaded.integrity = Integrity::Refused;
+            }
             loaded.errors.push(e);
             return loaded;
         }
@@ -195,7 +309,7 @@ pub fn fetch_all(remote: &Remote) -> Loaded {
         else {
             continue;
         };
-        match fetch_guest(remote, &guest_url, &mut fetched) {
+        match fetch_guest(remote, &guest_url, &mut fetched, verify.as_deref_mut()) {
             Ok(guest) => loaded.guests.push(guest),
             Err(e) => loaded.errors.push(e),
         }
@@ -217,7 +331,12 @@ fn join(remote: &Remote, rel: &str, errors: &mut Vec<ConfigError>) -> Option<Htt
 
 /// Fetches a definition (at most hvconfig's size limit) and keeps a copy
 /// in the mirror, where the vmm reads it again.
-fn fetch_text(remote: &Remote, url: &HttpUrl) -> Result<String, ConfigError> {
+fn fetch_text(
+    remote: &Remote,
+    url: &HttpUrl,
+    verify: Option<&mut Verify<'_>>,
+    then: &str,
+) -> Result<String, ConfigError> {
     let bytes = remote
         .backoff
         .retry(url, || {
@@ -226,6 +345,12 @@ fn fetch_text(remote: &Remote, url: &HttpUrl) -> Result<String, ConfigError> {
         })
         .map_err(|e| url_error(url, FetchError::Http(e).to_string()))?;
     log::info!("config: fetched {url} ({} bytes)", bytes.len());
+    if let Some(verify) = verify {
+        let rel = Verify::rel(remote, url).map_err(|e| verify.fail(&url.to_string(), &e, then))?;
+        if let Err(e) = verify.manifest.check(&rel, &bytes) {
+            return Err(verify.fail(&rel, &e, then));
+        }
+    }
     let text = String::from_utf8(bytes).map_err(|_| url_error(url, "not UTF-8 text"))?;
     let local = remote.mirror.local_path(url);
     store(&local, text.as_bytes()).map_err(|e| url_error(url, e.to_string()))?;
@@ -253,8 +378,9 @@ fn fetch_guest(
     remote: &Remote,
     url: &HttpUrl,
     fetched: &mut Vec<HttpUrl>,
+    mut verify: Option<&mut Verify<'_>>,
 ) -> Result<GuestConfig, ConfigError> {
-    let text = fetch_text(remote, url)?;
+    let text = fetch_text(remote, url, verify.as_deref_mut(), "guest not started")?;
     let local = remote.mirror.local_path(url);
     let guest = hvconfig::parse_guest(&local, &text)
         .map_err(|e| ConfigError::new(Path::new(&url.to_string()), e.position(), e.message()))?;
@@ -279,33 +405,73 @@ fn fetch_guest(
         if fetched.contains(&file_url) {
             continue;
         }
-        fetch_file(remote, &file_url)
-            .map_err(|e| url_error(url, format!("{what} {file_url}: {e}")))?;
+        let checked = match verify.as_deref_mut() {
+            None => None,
+            Some(verify) => {
+                let then = format!("{what} of guest {} not started", guest.name);
+                let rel = Verify::rel(remote, &file_url)
+                    .map_err(|e| verify.fail(&file_url.to_string(), &e, &then))?;
+                let expected = verify
+                    .manifest
+                    .expected(&rel)
+                    .map_err(|e| verify.fail(&rel, &e, &then))?;
+                match fetch_file(remote, &file_url, Some(expected)) {
+                    Err(FetchError::Check(e)) => return Err(verify.fail(&rel, &e, &then)),
+                    other => Some(other),
+                }
+            }
+        };
+        let result = match checked {
+            Some(result) => result,
+            None => fetch_file(remote, &file_url, None),
+        };
+        result.map_err(|e| url_error(url, format!("{what} {file_url}: {e}")))?;
         fetched.push(file_url);
     }
     Ok(guest)
 }
 
 /// Streams a kernel or initrd to its place in the mirror. The file only
-/// appears under its name once complete.
-fn fetch_file(remote: &Remote, url: &HttpUrl) -> Result<u64, FetchError> {
+/// appears under its name once complete, and, when `expected` is given,
+/// only if it has that hash: the copy checked is the copy used. A copy
+/// already there with that hash (from an earlier pass) is kept.
+fn fetch_file(remote: &Remote, url: &HttpUrl, expected: Option<Hex>) -> Result<u64, FetchError> {
     let local = remote.mirror.local_path(url);
+    if let Some(expected) = expected {
+        let kept = File::open(&local).ok().and_then(|mut f| {
+            let mut hashing = Hashing::new(io::sink());
+            let size = io::copy(&mut f, &mut hashing).ok()?;
+            (hashing.digest() == expected).then_some(size)
+        });
+        if let Some(size) = kept {
+            log::info!("config: {url}: copy from an earlier pass kept ({size} bytes)");
+            return Ok(size);
+        }
+    }
     let mut partial = local.clone().into_os_string();
     partial.push(".part");
     let partial = PathBuf::from(partial);
     if let Some(dir) = local.parent() {
         fs::create_dir_all(dir).map_err(store_error(dir))?;
     }
-    let size = remote
+    let (size, digest) = remote
         .backoff
         .retry(url, || {
-            let mut file = File::create(&partial).map_err(http::Error::Sink)?;
-            http::get(url, &mut file, MAX_BOOT_FILE, &remote.timeouts)
+            let file = File::create(&partial).map_err(http::Error::Sink)?;
+            let mut file = Hashing::new(file);
+            let size = http::get(url, &mut file, MAX_BOOT_FILE, &remote.timeouts)?;
+            Ok((size, file.digest()))
         })
         .map_err(|e| {
             let _ = fs::remove_file(&partial);
             FetchError::Http(e)
         })?;
+    if let Some(expected) = expected {
+        if let Err(e) = signed::compare(expected, digest) {
+            let _ = fs::remove_file(&partial);
+            return Err(FetchError::Check(e));
+        }
+    }
     fs::rename(&partial, &local).map_err(store_error(&local))?;
     log::info!("config: fetched {url} ({size} bytes)");
     Ok(size)
@@ -327,6 +493,10 @@ mod tests {
         let mut remote = Remote::new(&base, root);
         remote.backoff = FAST;
         remote
+    }
+
+    fn fetch_all_unsigned(remote: &Remote) -> Loaded {
+        fetch_all(remote, &Trust::Any)
     }
 
     fn kernel_bytes() -> Vec<u8> {
@@ -365,7 +535,7 @@ mod tests {
         let remote = remote(port, "/hv", dir.path());
         assert_eq!(remote.dir(), dir.path().join("hv/"));
 
-        let loaded = fetch_all(&remote);
+        let loaded = fetch_all(&remote, &Trust::Any);
         assert!(loaded.host_toml_found);
         assert_eq!(loaded.host.hostname, "pxe1");
         let names: Vec<&str> = loaded.guests.iter().map(|g| g.name.as_str()).collect();
@@ -396,7 +566,7 @@ mod tests {
         let site = Site::default();
         let port = site.start();
         let dir = tempfile::tempdir().expect("tempdir");
-        let loaded = fetch_all(&remote(port, "/", dir.path()));
+        let loaded = fetch_all_unsigned(&remote(port, "/", dir.path()));
         assert!(!loaded.host_toml_found);
         assert!(loaded.guests.is_empty());
         let e = loaded.errors.first().expect("error").to_string();
@@ -425,7 +595,7 @@ mod tests {
         site.put("/guests/k", Reply::Status(403));
         let port = site.start();
         let dir = tempfile::tempdir().expect("tempdir");
-        let loaded = fetch_all(&remote(port, "/", dir.path()));
+        let loaded = fetch_all_unsigned(&remote(port, "/", dir.path()));
         assert!(loaded.guests.is_empty());
         let errors: Vec<String> = loaded.errors.iter().map(|e| e.to_string()).collect();
         let url = |s: &str| format!("http://127.0.0.1:{port}/guests/{s}");
@@ -446,7 +616,7 @@ mod tests {
         site.put("/host.toml", Reply::Body(b"hostname = 5\n".to_vec()));
         let port = site.start();
         let dir = tempfile::tempdir().expect("tempdir");
-        let loaded = fetch_all(&remote(port, "/", dir.path()));
+        let loaded = fetch_all_unsigned(&remote(port, "/", dir.path()));
         let e = loaded.errors.first().expect("error").to_string();
         assert!(
             e.starts_with(&format!("http://127.0.0.1:{port}/host.toml:1:")),
@@ -468,7 +638,7 @@ mod tests {
         );
         let port = site.start();
         let dir = tempfile::tempdir().expect("tempdir");
-        let loaded = fetch_all(&remote(port, "/", dir.path()));
+        let loaded = fetch_all_unsigned(&remote(port, "/", dir.path()));
         let e = loaded.errors.first().expect("error").to_string();
         assert!(e.contains("larger than the limit of 262144 bytes"), "{e}");
         assert!(!dir.path().join("guests/a.toml").exists());
@@ -500,7 +670,7 @@ mod tests {
             late.serve(TcpListener::bind(("127.0.0.1", port)).expect("bind late"));
         });
         let dir = tempfile::tempdir().expect("tempdir");
-        let loaded = fetch_all(&remote(port, "/", dir.path()));
+        let loaded = fetch_all_unsigned(&remote(port, "/", dir.path()));
         starter.join().expect("starter");
         assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
         assert_eq!(loaded.guests.len(), 1);
@@ -509,6 +679,132 @@ mod tests {
         assert_eq!(
             fs::read(dir.path().join("guests/k")).expect("kernel"),
             b"kernel"
+        );
+    }
+
+    use crate::config_source::signed::tests::{sums_line, Signer};
+
+    /// A signed tree at /hv/: two guests, one kernel above the root.
+    fn signed_site(signer: &Signer) -> (Site, String) {
+        let site = Site::default();
+        let files: [(&str, &[u8]); 4] = [
+            ("host.toml", b"guests = [\"web\", \"db\"]\n"),
+            ("guests/web.toml", b"[boot]\nkernel = \"k\"\n"),
+            (
+                "guests/db.toml",
+                b"[boot]\nkernel = \"k\"\ninitrd = \"../../up\"\n",
+            ),
+            ("guests/k", b"kernel"),
+        ];
+        let mut sums = String::new();
+        for (rel, bytes) in files {
+            site.put(&format!("/hv/{rel}"), Reply::Body(bytes.to_vec()));
+            sums.push_str(&sums_line(rel, bytes));
+        }
+        site.put("/up", Reply::Body(b"initrd".to_vec()));
+        let sig = signer.sign(sums.as_bytes());
+        site.put("/hv/SHA256SUMS.minisig", Reply::Body(sig));
+        (site, sums)
+    }
+
+    fn error_texts(loaded: &Loaded) -> Vec<String> {
+        loaded.errors.iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn a_signed_tree_is_checked_file_by_file() {
+        let signer = Signer::new();
+        let (site, sums) = signed_site(&signer);
+        site.put("/hv/SHA256SUMS", Reply::Body(sums.into_bytes()));
+        let port = site.start();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let loaded = fetch_all(&remote(port, "/hv/", dir.path()), &signer.trust());
+        assert_eq!(loaded.integrity, Integrity::Verified);
+        let names: Vec<&str> = loaded.guests.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(names, ["web"]);
+        assert_eq!(
+            error_texts(&loaded),
+            [format!(
+                "http://127.0.0.1:{port}/up: http://127.0.0.1:{port}/up is outside the config \
+                 root, where SHA256SUMS cannot cover it: initrd of guest db not started"
+            )]
+        );
+        assert_eq!(site.requests("/up"), 0);
+        assert_eq!(
+            fs::read(dir.path().join("hv/guests/k")).expect("k"),
+            b"kernel"
+        );
+    }
+
+    #[test]
+    fn a_tampered_tree_is_fetched_again_then_only_its_good_part_used() {
+        let signer = Signer::new();
+        let (site, sums) = signed_site(&signer);
+        site.put("/hv/SHA256SUMS", Reply::Body(sums.into_bytes()));
+        site.put("/hv/guests/k", Reply::Body(b"evil kernel".to_vec()));
+        site.put(
+            "/hv/guests/db.toml",
+            Reply::Body(b"[boot]\nkernel = \"k\"\n".to_vec()),
+        );
+        let port = site.start();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let loaded = fetch_all(&remote(port, "/hv/", dir.path()), &signer.trust());
+        assert!(loaded.guests.is_empty());
+        let e = error_texts(&loaded);
+        assert!(
+            e[0].starts_with("guests/k: sha256 mismatch (SHA256SUMS says "),
+            "{e:?}"
+        );
+        assert!(e[0].ends_with(": kernel of guest web not started"), "{e:?}");
+        assert!(e[1].starts_with("guests/db.toml: sha256 mismatch"), "{e:?}");
+        assert!(e[1].ends_with(": guest not started"), "{e:?}");
+        let tries = usize::try_from(MISMATCH_RETRIES).expect("small") + 1;
+        assert_eq!(site.requests("/hv/SHA256SUMS"), tries);
+        // The bad copy never appears under the kernel's name.
+        assert!(!dir.path().join("hv/guests/k").exists());
+        assert!(!dir.path().join("hv/guests/k.part").exists());
+    }
+
+    #[test]
+    fn an_unsigned_tree_is_waited_for_and_a_bad_host_toml_stops_all() {
+        let signer = Signer::new();
+        let (site, sums) = signed_site(&signer);
+        site.put(
+            "/hv/host.toml",
+            Reply::Body(b"hostname = \"evil\"\n".to_vec()),
+        );
+        let port = site.start();
+        let late = site.clone();
+        let publisher = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(300));
+            late.put("/hv/SHA256SUMS", Reply::Body(sums.into_bytes()));
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let loaded = fetch_all(&remote(port, "/hv/", dir.path()), &signer.trust());
+        publisher.join().expect("publisher");
+        assert!(site.requests("/hv/SHA256SUMS") > 1);
+        assert_eq!(loaded.integrity, Integrity::Refused);
+        assert!(loaded.guests.is_empty());
+        assert_eq!(loaded.host, HostConfig::default());
+        let e = error_texts(&loaded);
+        assert!(e[0].starts_with("host.toml: sha256 mismatch"), "{e:?}");
+        assert!(e[0].ends_with(": nothing started"), "{e:?}");
+    }
+
+    #[test]
+    fn a_broken_key_refuses_at_once() {
+        let site = Site::default();
+        let port = site.start();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let loaded = fetch_all(
+            &remote(port, "/", dir.path()),
+            &Trust::Broken("not a key".into()),
+        );
+        assert_eq!(loaded.integrity, Integrity::Refused);
+        let e = error_texts(&loaded);
+        assert!(
+            e[0].contains("baked into the image but unusable: not a key"),
+            "{e:?}"
         );
     }
 

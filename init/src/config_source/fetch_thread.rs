@@ -13,6 +13,7 @@ use std::thread::{self, JoinHandle};
 use hvconfig::{ConfigError, HostConfig};
 
 use crate::config_source::fetch::{self, Backoff, Remote};
+use crate::config_source::signed::Trust;
 use crate::config_source::Loaded;
 
 /// A fetch in progress.
@@ -38,11 +39,17 @@ fn bad_source(message: String) -> Loaded {
         guests: Vec::new(),
         errors: vec![ConfigError::new(Path::new("hv.config"), None, message)],
         host_toml_found: false,
+        integrity: crate::config_source::Integrity::default(),
     }
 }
 
 /// The whole fetch, run on the thread: the URL, then the files.
-pub fn run(source: &str, mirror_root: &Path, backoff: Backoff) -> (Loaded, Option<Remote>) {
+pub fn run(
+    source: &str,
+    mirror_root: &Path,
+    backoff: Backoff,
+    trust: &Trust,
+) -> (Loaded, Option<Remote>) {
     let base = match fetch::resolve_source(source, backoff) {
         Ok(base) => base,
         Err(e) => return (bad_source(e.to_string()), None),
@@ -54,20 +61,20 @@ pub fn run(source: &str, mirror_root: &Path, backoff: Backoff) -> (Loaded, Optio
         remote.base,
         remote.dir().display()
     );
-    (fetch::fetch_all(&remote), Some(remote))
+    (fetch::fetch_all(&remote, trust), Some(remote))
 }
 
 impl Pending {
     /// Starts fetching. The thread inherits init's blocked signal mask,
     /// so signals still reach the signalfd and nothing else.
-    pub fn spawn(source: &str, mirror_root: &Path) -> io::Result<Pending> {
+    pub fn spawn(source: &str, mirror_root: &Path, trust: Trust) -> io::Result<Pending> {
         let (done, writer) = pipe()?;
         let source = source.to_string();
         let root = mirror_root.to_path_buf();
         let thread = thread::Builder::new()
             .name("config-fetch".into())
             .spawn(move || {
-                let result = run(&source, &root, fetch::BACKOFF);
+                let result = run(&source, &root, fetch::BACKOFF, &trust);
                 drop(writer);
                 result
             })?;
@@ -102,7 +109,7 @@ mod tests {
     #[test]
     fn the_fd_wakes_the_loop_when_the_thread_ends() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let pending = Pending::spawn("http://h:0/", dir.path()).expect("spawn");
+        let pending = Pending::spawn("http://h:0/", dir.path(), Trust::Any).expect("spawn");
         assert!(wait_readable(&pending));
         let (loaded, remote) = pending.finish();
         assert!(remote.is_none());
@@ -124,8 +131,12 @@ mod tests {
         site.put("/cfg/guests/a/bzImage", Reply::Body(b"kernel".to_vec()));
         let port = site.start();
         let dir = tempfile::tempdir().expect("tempdir");
-        let pending =
-            Pending::spawn(&format!("http://127.0.0.1:{port}/cfg/"), dir.path()).expect("spawn");
+        let pending = Pending::spawn(
+            &format!("http://127.0.0.1:{port}/cfg/"),
+            dir.path(),
+            Trust::Any,
+        )
+        .expect("spawn");
         assert!(wait_readable(&pending));
         let (loaded, remote) = pending.finish();
         assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);

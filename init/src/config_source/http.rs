@@ -201,6 +201,14 @@ pub fn get(url: &HttpUrl, sink: &mut dyn Write, limit: u64, t: &Timeouts) -> Res
                 let next = url
                     .resolve(&location)
                     .map_err(|e| bad(format!("redirect to {e}")))?;
+                // Whoever answers for one server must not be able to send
+                // init to another.
+                if !next.same_origin(&url) {
+                    return Err(bad(format!(
+                        "redirect to {next} refused: redirects must stay on {}",
+                        url.authority()
+                    )));
+                }
                 log::debug!("{url}: redirected to {next}");
                 url = next;
             }
@@ -295,11 +303,16 @@ fn parse_head(buf: &[u8]) -> Result<Head, Error> {
         location: None,
     };
     for h in resp.headers.iter() {
-        let value = std::str::from_utf8(h.value).unwrap_or("").trim();
+        // Optional whitespace is spaces and tabs (RFC 9110 section 5.6.3).
+        let value = std::str::from_utf8(h.value)
+            .unwrap_or("")
+            .trim_matches([' ', '\t']);
         if h.name.eq_ignore_ascii_case("content-length") {
-            let n = value
-                .parse::<u64>()
-                .map_err(|_| bad(format!("Content-Length {value:?}")))?;
+            // Digits only: u64's parser would take "+5" too.
+            let n = Some(value)
+                .filter(|v| v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| bad(format!("Content-Length {value:?}")))?;
             if head.length.is_some_and(|l| l != n) {
                 return Err(bad("conflicting Content-Length headers"));
             }
@@ -598,6 +611,31 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(get(&fast, &mut out, 100, &QUICK).expect("fast"), 3);
         assert_eq!(out, b"abc");
+    }
+
+    #[test]
+    fn redirects_to_another_host_or_port_are_refused() {
+        for to in [
+            "http://127.0.0.2:1/k",
+            "//localhost/k",
+            "https://127.0.0.1/k",
+        ] {
+            let to = to.to_string();
+            let url = serve_once(move |mut s| {
+                let _ = s.write_all(
+                    format!("HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\n\r\n")
+                        .as_bytes(),
+                );
+            });
+            let e = get(&url, &mut Vec::new(), 100, &QUICK).expect_err("cross-host");
+            assert!(!e.is_transient(), "{e}");
+            let e = e.to_string();
+            assert!(
+                e.contains("refused: redirects must stay on 127.0.0.1:")
+                    || e.contains("https is not supported"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

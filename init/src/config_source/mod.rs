@@ -12,6 +12,7 @@ mod fuzz_tests;
 pub mod http;
 pub mod partition;
 pub mod probe;
+pub mod signed;
 #[cfg(test)]
 pub mod test_server;
 pub mod url;
@@ -48,6 +49,46 @@ pub struct Loaded {
     /// One entry per bad file; the good ones are still used.
     pub errors: Vec<ConfigError>,
     pub host_toml_found: bool,
+    pub integrity: Integrity,
+}
+
+/// Whether the tree was checked against a signed SHA256SUMS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Integrity {
+    /// No key is baked into the image: used as it is.
+    #[default]
+    Unsigned,
+    /// The signature is good; each file used was checked.
+    Verified,
+    /// The signature (or SHA256SUMS) was refused: nothing is used.
+    Refused,
+}
+
+impl Loaded {
+    /// Nothing from a tree whose signature was refused; `error` says why.
+    pub fn refused(error: hvconfig::ConfigError) -> Loaded {
+        Loaded {
+            host: HostConfig::default(),
+            guests: Vec::new(),
+            errors: vec![error],
+            host_toml_found: false,
+            integrity: Integrity::Refused,
+        }
+    }
+
+    fn integrity_notice(&self) -> Option<Notice> {
+        match self.integrity {
+            Integrity::Unsigned => None,
+            Integrity::Verified => Some(Notice::Info(format!(
+                "config: {} signature verified with the key baked into the image",
+                signed::SUMS
+            ))),
+            Integrity::Refused => Some(Notice::Error(
+                "config: not signed as the image requires: no guests started, host.toml not applied"
+                    .into(),
+            )),
+        }
+    }
 }
 
 /// What one look for the config partition found.
@@ -56,6 +97,8 @@ pub enum Found {
     Nothing,
     /// There, but it would not mount.
     MountFailed(MountError),
+    /// Named by more than one device: none is used.
+    Ambiguous(probe::Ambiguous),
     /// Mounted and read.
     Mounted(ConfigMount, Box<Loaded>),
 }
@@ -180,7 +223,8 @@ impl Loader {
                     mount.device.node.display(),
                     mount.dir.display()
                 ))));
-                if !loaded.host_toml_found {
+                events.extend(loaded.integrity_notice().map(Event::Log));
+                if !loaded.host_toml_found && loaded.integrity != Integrity::Refused {
                     events.push(Event::Log(Notice::Info(
                         "config: no host.toml, using defaults".into(),
                     )));
@@ -193,6 +237,13 @@ impl Loader {
             // Said once, not every poll.
             Found::MountFailed(e) => {
                 let e = e.to_string();
+                if last_error.as_ref() != Some(&e) {
+                    events.push(Event::Log(Notice::Error(e.clone())));
+                    *last_error = Some(e);
+                }
+            }
+            Found::Ambiguous(e) => {
+                let e = format!("config partition: {e}");
                 if last_error.as_ref() != Some(&e) {
                     events.push(Event::Log(Notice::Error(e.clone())));
                     *last_error = Some(e);
@@ -225,7 +276,11 @@ impl Loader {
         if !matches!(self.phase, Phase::Fetching) {
             return Vec::new();
         }
-        let mut events = Vec::new();
+        let mut events: Vec<Event> = loaded
+            .integrity_notice()
+            .map(Event::Log)
+            .into_iter()
+            .collect();
         let hint = match remote {
             Some(remote) => {
                 events.push(Event::Log(Notice::Info(format!(
@@ -268,6 +323,7 @@ mod tests {
             guests: Vec::new(),
             errors: Vec::new(),
             host_toml_found: false,
+            integrity: Integrity::Unsigned,
         }
     }
 
@@ -279,6 +335,7 @@ mod tests {
                 node: "/dev/sdb1".into(),
                 disk: Some("sdb".into()),
                 part_label: None,
+                part_uuid: None,
                 fs: Some(FsInfo {
                     fstype: FsType::Vfat,
                     label: Some("HVCONFIG".into()),
@@ -357,6 +414,30 @@ mod tests {
             ["config partition /dev/sdb1 (LABEL=HVCONFIG): mount: Input/output error (os error 5)"]
         );
         assert!(loader.looked(failed(), t0 + CONFIG_POLL_FAST).is_empty());
+    }
+
+    #[test]
+    fn a_label_on_two_devices_is_said_once_and_the_search_goes_on() {
+        let t0 = Instant::now();
+        let mut loader = searching(t0);
+        let ambiguous = || {
+            Found::Ambiguous(probe::Ambiguous {
+                spec: DeviceSource::Label("HVCONFIG".into()),
+                nodes: vec!["/dev/sda2".into(), "/dev/vdb".into()],
+            })
+        };
+        assert_eq!(
+            texts(&loader.looked(ambiguous(), t0)),
+            [
+                "config partition: LABEL=HVCONFIG is on more than one device (/dev/sda2, \
+              /dev/vdb); refusing to guess"
+            ]
+        );
+        assert!(loader.looked(ambiguous(), t0 + CONFIG_POLL_FAST).is_empty());
+        assert!(
+            loader.due(t0 + CONFIG_POLL_FAST * 2).is_some(),
+            "still searching"
+        );
     }
 
     #[test]

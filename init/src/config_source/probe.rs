@@ -61,6 +61,9 @@ pub struct BlockDevice {
     /// For a partition, the kernel name of the disk holding it.
     pub disk: Option<String>,
     pub part_label: Option<String>,
+    /// For a GPT partition, its unique partition GUID (PARTUUID) as blkid
+    /// prints it, read from the disk's partition table.
+    pub part_uuid: Option<String>,
     pub fs: Option<FsInfo>,
 }
 
@@ -74,6 +77,10 @@ impl BlockDevice {
             DeviceSource::Label(label) => fs_label == Some(label.as_str()),
             DeviceSource::PartLabel(label) => self.part_label.as_deref() == Some(label.as_str()),
             DeviceSource::Uuid(uuid) => fs_uuid.is_some_and(|u| u.eq_ignore_ascii_case(uuid)),
+            DeviceSource::PartUuid(uuid) => self
+                .part_uuid
+                .as_deref()
+                .is_some_and(|u| u.eq_ignore_ascii_case(uuid)),
             DeviceSource::Path(path) => self.node == *path,
         }
     }
@@ -339,6 +346,8 @@ pub fn scan(sys_block: &Path, dev_dir: &Path) -> Vec<BlockDevice> {
         return Vec::new();
     };
     let mut devices = Vec::new();
+    // PARTN of each device, in the order of `devices`.
+    let mut part_numbers: Vec<Option<usize>> = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let dir = entry.path();
@@ -362,14 +371,18 @@ pub fn scan(sys_block: &Path, dev_dir: &Path) -> Vec<BlockDevice> {
             None
         };
         let devname = uevent_value(&uevent, "DEVNAME").unwrap_or_else(|| name.clone());
+        part_numbers.push(uevent_value(&uevent, "PARTN").and_then(|n| n.parse().ok()));
         devices.push(BlockDevice {
             node: dev_dir.join(devname),
             part_label: uevent_value(&uevent, "PARTNAME"),
+            // Filled in below from the disk's GPT.
+            part_uuid: None,
             name,
             disk,
             fs: None,
         });
     }
+    fill_part_uuids(sys_block, &mut devices, &part_numbers);
     let partitioned: Vec<String> = devices.iter().filter_map(|d| d.disk.clone()).collect();
     for dev in &mut devices {
         if partitioned.contains(&dev.name) {
@@ -383,9 +396,144 @@ pub fn scan(sys_block: &Path, dev_dir: &Path) -> Vec<BlockDevice> {
     devices
 }
 
-/// Finds the device `spec` names among `devices`.
-pub fn find<'a>(spec: &DeviceSource, devices: &'a [BlockDevice]) -> Option<&'a BlockDevice> {
-    devices.iter().find(|d| d.is_named_by(spec))
+/// Gives each partition (numbered by `numbers`, PARTN) the unique GUID its
+/// disk's GPT has for it; partitions of other tables get none.
+fn fill_part_uuids(sys_block: &Path, devices: &mut [BlockDevice], numbers: &[Option<usize>]) {
+    let disks: Vec<(String, PathBuf)> = devices
+        .iter()
+        .filter(|d| d.disk.is_none())
+        .map(|d| (d.name.clone(), d.node.clone()))
+        .collect();
+    let mut tables: Vec<(String, Vec<[u8; 16]>)> = Vec::new();
+    for (name, node) in disks {
+        if !devices
+            .iter()
+            .any(|d| d.disk.as_deref() == Some(name.as_str()))
+        {
+            continue;
+        }
+        let sector: u64 =
+            fs::read_to_string(sys_block.join(&name).join("queue/logical_block_size"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(512);
+        let guids = File::open(&node)
+            .ok()
+            .and_then(|f| gpt_partition_guids(&f, sector))
+            .unwrap_or_default();
+        tables.push((name, guids));
+    }
+    for (dev, number) in devices.iter_mut().zip(numbers) {
+        let (Some(disk), Some(number)) = (dev.disk.as_deref(), *number) else {
+            continue;
+        };
+        dev.part_uuid = tables
+            .iter()
+            .find(|(name, _)| name == disk)
+            .and_then(|(_, guids)| guids.get(number.checked_sub(1)?))
+            .filter(|g| **g != [0u8; 16])
+            .map(guid_string);
+    }
+}
+
+/// At most this many GPT entries are read (the usual table has 128).
+const GPT_MAX_ENTRIES: u32 = 256;
+
+/// The unique partition GUIDs of the GPT on `dev`, by entry index, from
+/// the primary header at LBA 1.
+pub fn gpt_partition_guids(dev: &File, sector: u64) -> Option<Vec<[u8; 16]>> {
+    let header = read_at(dev, sector, 92).ok()?;
+    if header.get(..8)? != b"EFI PART" {
+        return None;
+    }
+    let entries_lba = u64::from(u32_at(&header, 72)?) | (u64::from(u32_at(&header, 76)?) << 32);
+    let count = u32_at(&header, 80)?.min(GPT_MAX_ENTRIES);
+    let size = u32_at(&header, 84)?;
+    if size < 128 {
+        return None;
+    }
+    let size = usize::try_from(size).ok()?;
+    let total = size.checked_mul(usize::try_from(count).ok()?)?;
+    let table = read_at(dev, entries_lba.checked_mul(sector)?, total).ok()?;
+    Some(
+        table
+            .chunks_exact(size)
+            .filter_map(|e| e.get(16..32)?.try_into().ok())
+            .collect(),
+    )
+}
+
+/// An on-disk (mixed-endian) GUID as blkid prints a PARTUUID.
+fn guid_string(g: &[u8; 16]) -> String {
+    let order = [3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15];
+    let mut out = String::with_capacity(36);
+    for (i, &at) in order.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        if let Some(b) = g.get(at) {
+            out.push_str(&format!("{b:02x}"));
+        }
+    }
+    out
+}
+
+/// A label, UUID or partition name found on more than one device: none
+/// of them is used, as the one meant cannot be told from the others (a
+/// guest may have written the same label on its disk).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{spec} is on more than one device ({}); refusing to guess", nodes_list(.nodes))]
+pub struct Ambiguous {
+    pub spec: DeviceSource,
+    pub nodes: Vec<PathBuf>,
+}
+
+fn nodes_list(nodes: &[PathBuf]) -> String {
+    let names: Vec<String> = nodes.iter().map(|n| n.display().to_string()).collect();
+    names.join(", ")
+}
+
+/// Finds the device `spec` names among `devices`. A name (not a path)
+/// matching more than one device is an error naming them.
+pub fn find<'a>(
+    spec: &DeviceSource,
+    devices: &'a [BlockDevice],
+) -> Result<Option<&'a BlockDevice>, Ambiguous> {
+    let mut found = devices.iter().filter(|d| d.is_named_by(spec));
+    let first = found.next();
+    if matches!(spec, DeviceSource::Path(_)) {
+        return Ok(first);
+    }
+    let rest: Vec<&BlockDevice> = found.collect();
+    match first {
+        Some(first) if !rest.is_empty() => Err(Ambiguous {
+            spec: spec.clone(),
+            nodes: std::iter::once(first)
+                .chain(rest)
+                .map(|d| d.node.clone())
+                .collect(),
+        }),
+        other => Ok(other),
+    }
+}
+
+/// `devices` without the ones named by `handed` (the devices given to
+/// guests) and their partitions, and without the disks holding them: no
+/// host mount is ever looked for on a guest's device.
+pub fn not_handed(devices: &[BlockDevice], handed: &[PathBuf]) -> Vec<BlockDevice> {
+    let names: Vec<&str> = devices
+        .iter()
+        .filter(|d| handed.contains(&d.node))
+        .map(|d| d.name.as_str())
+        .collect();
+    devices
+        .iter()
+        .filter(|d| {
+            !names.contains(&d.name.as_str())
+                && !d.disk.as_deref().is_some_and(|disk| names.contains(&disk))
+        })
+        .cloned()
+        .collect()
 }
 
 /// One scan of the block devices, made when first needed and reused:
@@ -413,12 +561,12 @@ impl DeviceCache {
 
     /// Finds `spec`; on a miss scans once more, for a disk plugged in
     /// since (guest restarts back off, so this stays rare).
-    pub fn find(&mut self, spec: &DeviceSource) -> Option<BlockDevice> {
-        if let Some(dev) = find(spec, self.devices()) {
-            return Some(dev.clone());
+    pub fn find(&mut self, spec: &DeviceSource) -> Result<Option<BlockDevice>, Ambiguous> {
+        if let Some(dev) = find(spec, self.devices())? {
+            return Ok(Some(dev.clone()));
         }
         self.devices = None;
-        find(spec, self.devices()).cloned()
+        Ok(find(spec, self.devices())?.cloned())
     }
 }
 
@@ -531,6 +679,7 @@ mod tests {
             node: "/dev/sdb1".into(),
             disk: Some("sdb".into()),
             part_label: Some("data".into()),
+            part_uuid: Some("0a1b2c3d-0000-4000-8000-00000000000f".into()),
             fs: Some(FsInfo {
                 fstype: FsType::Vfat,
                 label: Some("HVCONFIG".into()),
@@ -542,15 +691,97 @@ mod tests {
             "LABEL=HVCONFIG",
             "PARTLABEL=data",
             "UUID=1234-abcd",
+            "PARTUUID=0A1B2C3D-0000-4000-8000-00000000000F",
             "/dev/sdb1",
         ] {
             let spec = DeviceSource::parse(spec, Context::KernelCmdline).expect("valid spec");
-            assert!(find(&spec, &devices).is_some(), "{spec}");
+            assert!(find(&spec, &devices).expect("one").is_some(), "{spec}");
         }
         let other = DeviceSource::Label("hvconfig".into());
         assert!(
-            find(&other, &devices).is_none(),
+            find(&other, &devices).expect("none").is_none(),
             "labels are case sensitive"
+        );
+    }
+
+    fn labelled(name: &str, disk: Option<&str>, label: &str) -> BlockDevice {
+        BlockDevice {
+            name: name.into(),
+            node: Path::new("/dev").join(name),
+            disk: disk.map(Into::into),
+            part_label: None,
+            part_uuid: None,
+            fs: Some(FsInfo {
+                fstype: FsType::Vfat,
+                label: Some(label.into()),
+                uuid: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_label_on_two_devices_is_an_error_naming_both() {
+        let devices = [
+            labelled("sda2", Some("sda"), "HVCONFIG"),
+            labelled("vdb", None, "HVCONFIG"),
+        ];
+        let err = find(&DeviceSource::Label("HVCONFIG".into()), &devices).expect_err("two");
+        assert_eq!(
+            err.to_string(),
+            "LABEL=HVCONFIG is on more than one device (/dev/sda2, /dev/vdb); refusing to guess"
+        );
+        // A path names one node, whatever else carries its label.
+        let path = DeviceSource::Path("/dev/vdb".into());
+        assert_eq!(
+            find(&path, &devices)
+                .expect("path")
+                .map(|d| d.name.as_str()),
+            Some("vdb")
+        );
+    }
+
+    #[test]
+    fn devices_handed_to_guests_and_their_partitions_are_left_out() {
+        let devices = [
+            labelled("sda", None, "x"),
+            labelled("sda1", Some("sda"), "vmdata"),
+            labelled("vdb", None, "vmdata"),
+            labelled("vdc", None, "vmdata"),
+        ];
+        let label = DeviceSource::Label("vmdata".into());
+        assert!(find(&label, &devices).is_err());
+        let left = not_handed(&devices, &["/dev/sda".into(), "/dev/vdc".into()]);
+        let names: Vec<&str> = left.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["vdb"]);
+        assert_eq!(
+            find(&label, &left).expect("one").map(|d| d.name.as_str()),
+            Some("vdb")
+        );
+    }
+
+    #[test]
+    fn gpt_partition_guids_are_read_as_blkid_prints_them() {
+        let (_dir, img) = image(4);
+        run(Command::new("sgdisk")
+            .args([
+                "-n",
+                "1:2048:4095",
+                "-u",
+                "1:0A1B2C3D-4E5F-4071-8293-A4B5C6D7E8F9",
+            ])
+            .arg(&img));
+        let file = File::open(&img).expect("open");
+        let guids = gpt_partition_guids(&file, 512).expect("a GPT");
+        let first = guids.first().expect("entry 1");
+        assert_eq!(guid_string(first), "0a1b2c3d-4e5f-4071-8293-a4b5c6d7e8f9");
+        assert!(
+            guids.get(1).is_some_and(|g| *g == [0; 16]),
+            "entry 2 unused"
+        );
+        let (_d2, plain) = image(1);
+        assert_eq!(
+            gpt_partition_guids(&File::open(&plain).expect("open"), 512),
+            None
         );
     }
 
@@ -610,14 +841,16 @@ mod tests {
             Some("HVCONFIG")
         );
         assert_eq!(devices.first().and_then(|d| d.fs.as_ref()), None);
-        let found = find(&DeviceSource::Label("HVCONFIG".into()), &devices).expect("found");
+        let found = find(&DeviceSource::Label("HVCONFIG".into()), &devices)
+            .expect("one")
+            .expect("found");
         assert_eq!(found.node, img);
 
         // The cache scans once, and again only for a device it lacks.
         let mut cache = DeviceCache::new(&sys, &dev);
         assert_eq!(cache.devices().len(), 2);
         let late = DeviceSource::PartLabel("late".into());
-        assert!(cache.find(&late).is_none());
+        assert!(cache.find(&late).expect("one").is_none());
         let late_dir = disk_dir.join("sdb2");
         fs::create_dir_all(&late_dir).expect("mkdir");
         fs::write(
@@ -628,7 +861,10 @@ mod tests {
         fs::write(late_dir.join("size"), "8\n").expect("w");
         std::os::unix::fs::symlink(&late_dir, sys.join("sdb2")).expect("symlink");
         assert_eq!(cache.devices().len(), 2, "cached");
-        let found = cache.find(&late).expect("found after a rescan");
+        let found = cache
+            .find(&late)
+            .expect("one")
+            .expect("found after a rescan");
         assert_eq!(found.node, dev.join("sdb2"));
     }
 }

@@ -54,6 +54,8 @@ pub enum AuthorityError {
     AfterIpv6(String),
     #[error("no host name")]
     NoHost,
+    #[error("{0:?} is not a host name or address")]
+    BadHost(String),
     #[error("port {0:?} is not a number in 1..=65535")]
     BadPort(String),
 }
@@ -179,6 +181,23 @@ impl HttpUrl {
     }
 }
 
+impl HttpUrl {
+    /// Same scheme (always http), host and port: where a redirect may go.
+    pub fn same_origin(&self, other: &HttpUrl) -> bool {
+        self.host.eq_ignore_ascii_case(&other.host) && self.port == other.port
+    }
+
+    /// This URL's path below `base` (taken as a directory), as SHA256SUMS
+    /// lists it; `None` when it is not below.
+    pub fn relative_to(&self, base: &HttpUrl) -> Option<String> {
+        if !self.same_origin(base) {
+            return None;
+        }
+        let rest = self.path.strip_prefix(base.as_dir().path.as_str())?;
+        (!rest.is_empty()).then(|| rest.to_string())
+    }
+}
+
 impl fmt::Display for HttpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "http://{}{}", self.authority(), self.request_target())
@@ -209,6 +228,10 @@ fn split_authority(authority: &str) -> Result<(&str, u16), AuthorityError> {
     };
     if host.is_empty() {
         return Err(AuthorityError::NoHost);
+    }
+    // Brackets only around an IPv6 address: `[[x]` would print as `[x`.
+    if host.contains(['[', ']']) {
+        return Err(AuthorityError::BadHost(host.to_string()));
     }
     let port = match port {
         None | Some("") => 80,
@@ -440,6 +463,23 @@ mod tests {
         assert_eq!(r("k?v=1"), "http://h:8000/hv/guests/k");
         assert_eq!(url("http://h/hv").as_dir().path.as_str(), "/hv/");
         assert_eq!(url("http://h/hv/").as_dir().path.as_str(), "/hv/");
+    }
+
+    #[test]
+    fn origins_and_paths_below_a_base() {
+        let base = url("http://h:8000/hv");
+        assert!(base.same_origin(&url("http://H:8000/other")));
+        assert!(!base.same_origin(&url("http://h:8001/hv")));
+        assert!(!base.same_origin(&url("http://g:8000/hv")));
+        let below = |s: &str| url(s).relative_to(&base);
+        assert_eq!(
+            below("http://h:8000/hv/guests/a.toml").as_deref(),
+            Some("guests/a.toml")
+        );
+        assert_eq!(below("http://h:8000/hv/"), None);
+        assert_eq!(below("http://h:8000/hvx/a"), None);
+        assert_eq!(below("http://h:8000/images/k"), None);
+        assert_eq!(below("http://g:8000/hv/a"), None);
     }
 
     #[test]

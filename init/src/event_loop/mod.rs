@@ -32,6 +32,7 @@ use crate::config_source::fetch::MIRROR_DIR;
 use crate::config_source::fetch_thread::Pending;
 use crate::config_source::partition::{self, DEV_DIR, SYS_BLOCK};
 use crate::config_source::probe::DeviceCache;
+use crate::config_source::signed::{Trust, PUBKEY_PATH};
 use crate::config_source::{ConfigSource, Event, Loaded, Loader};
 use crate::guests::supervisor::{Action, Exit, Verdict};
 use crate::guests::{Guest, StartContext, MAX_GUESTS};
@@ -52,6 +53,8 @@ pub struct Init {
     netlink: Option<Netlink>,
     cgroup_base: Option<PathBuf>,
     config: Loader,
+    /// Whether config trees must be signed (a key baked into the image).
+    trust: Trust,
     /// The fetch of `hv.config=http://...`, while it runs.
     fetch: Option<Pending>,
     host: HostConfig,
@@ -93,13 +96,21 @@ impl Init {
                 None
             }
         };
+        let trust = Trust::load(Path::new(PUBKEY_PATH));
+        match &trust {
+            Trust::Any => {}
+            Trust::Key(_) => log::info!("config: must be signed by the key in {PUBKEY_PATH}"),
+            Trust::Broken(why) => {
+                log::error!("config: {PUBKEY_PATH}: {why}; no config can be verified, none is used")
+            }
+        }
         let (mut config, notice) = Loader::new(&opts.config, now);
         if let Some(notice) = notice {
             notice.log();
         }
         let mut fetch = None;
         if let ConfigSource::Url(url) = &opts.config {
-            match Pending::spawn(url, Path::new(MIRROR_DIR)) {
+            match Pending::spawn(url, Path::new(MIRROR_DIR), trust.clone()) {
                 Ok(pending) => {
                     if let Err(e) = epoll.add(pending.fd(), Token::Fetch.event()) {
                         log::error!("epoll: config fetch: {e}");
@@ -118,6 +129,7 @@ impl Init {
             netlink,
             cgroup_base,
             config,
+            trust,
             fetch,
             host: HostConfig::default(),
             host_state: HostState::default(),
@@ -313,7 +325,7 @@ impl Init {
         let Some(spec) = self.config.due(now).cloned() else {
             return;
         };
-        let found = partition::look(&spec);
+        let found = partition::look(&spec, &self.trust);
         let events = self.config.looked(found, now);
         self.config_events(events, now);
     }
@@ -354,6 +366,11 @@ impl Init {
                 netlink: self.netlink.as_mut(),
                 devices: &mut self.devices,
                 config_mounted: self.config.mounted().is_some(),
+                guest_disks: loaded
+                    .guests
+                    .iter()
+                    .flat_map(|g| g.disks.iter().map(|d| d.path.clone()))
+                    .collect(),
             },
         );
 

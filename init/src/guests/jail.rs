@@ -6,6 +6,27 @@
 //! Everything the child does between clone and exec is planned in the
 //! parent: the child runs a list of prepared system calls and allocates
 //! nothing, so it is safe even from a multi-threaded process (the tests).
+//!
+//! What the child ends up with:
+//! - its root: `pivot_root` into the jail's tmpfs with the old root
+//!   detached (`MNT_DETACH`), so /proc/self/mountinfo shows the jail's own
+//!   mounts and nothing of the host's stays mounted in its namespace. PID 1
+//!   runs from the initramfs, whose rootfs cannot be pivoted away from
+//!   (`pivot_root` fails with EINVAL there): then the jail root is moved
+//!   over / and entered with chroot, as switch_root does, and every mount
+//!   on the old root (planned from init's /proc/self/mountinfo) is
+//!   detached through an fd kept on it. Either way only the jail's mounts
+//!   remain reachable or attached; the vmm drops every privilege right
+//!   after start-up, so it cannot chroot back out;
+//! - fds 0-2 and the fds handed on, nothing else: everything else is
+//!   closed (`close_range` over the gaps), not left to O_CLOEXEC;
+//! - limits: `RLIMIT_NOFILE` for what a vmm opens, `RLIMIT_NPROC` for its
+//!   threads, no core dumps (guest memory).
+//!
+//! No user namespace: the vmm must open /dev/kvm, a root-only node, with
+//! real root, and a user namespace's root maps to an unprivileged host uid
+//! (or, mapped to 0, gains nothing). The vmm gives root up itself, checked,
+//! with no_new_privs and seccomp, before it touches guest input.
 
 use std::ffi::CString;
 use std::io;
@@ -28,7 +49,15 @@ enum Step {
         data: Option<CString>,
     },
     Chdir(CString),
-    Chroot(CString),
+    /// Makes the current directory (the jail root) `/`: see
+    /// [`enter_root`].
+    EnterRoot {
+        /// Mount points on the old root, relative to it (`proc`, `run`,
+        /// ...), for when pivot_root is impossible.
+        old_mounts: Vec<CString>,
+        /// false only in the test of the initramfs way.
+        try_pivot: bool,
+    },
     Hostname(Vec<u8>),
 }
 
@@ -132,9 +161,66 @@ fn mount_step(
     })
 }
 
+/// The mount points directly on the root mount, from a mountinfo table,
+/// relative to `/` and unescaped (`\040` is a space).
+fn top_mounts(mountinfo: &str) -> Vec<Vec<u8>> {
+    // Fields: id, parent id, dev, root, mount point, ...
+    let entries: Vec<(&str, &str, &str)> = mountinfo
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split(' ');
+            Some((f.next()?, f.next()?, f.nth(2)?))
+        })
+        .collect();
+    // The last mount at "/" is the one on top: the process root.
+    let Some(root_id) = entries.iter().rev().find(|e| e.2 == "/").map(|e| e.0) else {
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .filter(|(id, parent, point)| *parent == root_id && *id != root_id && *point != "/")
+        .map(|(_, _, point)| unescape(point.trim_start_matches('/')))
+        .collect()
+}
+
+fn unescape(field: &str) -> Vec<u8> {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| b == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                let v = d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
+                out.push(u8::try_from(v).unwrap_or(b'?'));
+                i += 4;
+            }
+            None => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// [`plan_entering`] as [`spawn`] uses it.
+#[cfg(test)]
+fn plan(spec: &JailSpec, old_mounts: &[Vec<u8>]) -> io::Result<Vec<Step>> {
+    plan_entering(spec, old_mounts, true)
+}
+
 /// Plans the child's file system: the list of steps that turn `root`
-/// into its `/`.
-fn plan(spec: &JailSpec) -> io::Result<Vec<Step>> {
+/// into its `/`. `old_mounts` are the mount points on the current root
+/// (see [`top_mounts`]); `try_pivot` is false only to test the way taken
+/// from the initramfs.
+fn plan_entering(
+    spec: &JailSpec,
+    old_mounts: &[Vec<u8>],
+    try_pivot: bool,
+) -> io::Result<Vec<Step>> {
     let root = spec.root;
     let mut steps = vec![
         // Nothing mounted in the jail may leak back to the host.
@@ -199,19 +285,14 @@ fn plan(spec: &JailSpec) -> io::Result<Vec<Step>> {
         libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
         None,
     )?);
-    // pivot_root cannot leave the initramfs (rootfs cannot be unmounted),
-    // so the jail root is moved over / and entered with chroot, as
-    // switch_root does. The vmm drops all privileges right after
-    // start-up, so it cannot chroot back out.
     steps.push(Step::Chdir(cpath(root)?));
-    steps.push(mount_step(
-        Some(b"."),
-        Path::new("/"),
-        None,
-        libc::MS_MOVE,
-        None,
-    )?);
-    steps.push(Step::Chroot(cstring(b".")?));
+    steps.push(Step::EnterRoot {
+        old_mounts: old_mounts
+            .iter()
+            .map(|m| cstring(m))
+            .collect::<io::Result<_>>()?,
+        try_pivot,
+    });
     steps.push(Step::Chdir(cstring(b"/")?));
     steps.push(Step::Hostname(spec.hostname.as_bytes().to_vec()));
     Ok(steps)
@@ -221,7 +302,7 @@ fn plan(spec: &JailSpec) -> io::Result<Vec<Step>> {
 #[cfg(test)]
 fn planned_targets(spec: &JailSpec) -> io::Result<Vec<PathBuf>> {
     use std::ffi::OsStr;
-    Ok(plan(spec)?
+    Ok(plan(spec, &[])?
         .iter()
         .filter_map(|s| match s {
             Step::Touch(t) => Some(PathBuf::from(OsStr::from_bytes(t.as_bytes()))),
@@ -273,6 +354,59 @@ fn opt_ptr(s: &Option<CString>) -> *const libc::c_char {
     s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr())
 }
 
+/// Turns the current directory, the jail root (a mount point), into `/`
+/// with nothing of the old root left mounted. Returns 0 or -1 (errno set).
+///
+/// SAFETY (for callers): system calls on prepared strings only.
+unsafe fn enter_root(old_mounts: &[CString], try_pivot: bool) -> libc::c_int {
+    // SAFETY: every pointer is a live NUL-terminated string.
+    unsafe {
+        let dot = c".".as_ptr();
+        // The trick pivot_root(2) documents: the old root is stacked on
+        // the new one, then lazily unmounted with everything on it.
+        if try_pivot {
+            if libc::syscall(libc::SYS_pivot_root, dot, dot) == 0 {
+                return libc::umount2(dot, libc::MNT_DETACH);
+            }
+            if errno() != libc::EINVAL {
+                return -1;
+            }
+        }
+        // The initramfs: keep a handle on the old root, move the jail over
+        // it, enter it, then detach the old root's mounts through the
+        // handle (they are no longer reachable from the jail).
+        let old = libc::open(
+            c"/".as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        );
+        if old < 0 {
+            return -1;
+        }
+        let entered = libc::mount(
+            dot,
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_MOVE,
+            std::ptr::null(),
+        ) == 0
+            && libc::chroot(dot) == 0
+            && libc::fchdir(old) == 0;
+        if !entered {
+            return -1;
+        }
+        for mount in old_mounts {
+            // EINVAL: not a mount point (any more); ENOENT: gone.
+            if libc::umount2(mount.as_ptr(), libc::MNT_DETACH) != 0
+                && !matches!(errno(), libc::EINVAL | libc::ENOENT)
+            {
+                return -1;
+            }
+        }
+        libc::close(old);
+        0
+    }
+}
+
 /// Runs the prepared steps in the child. Returns the failing step's name.
 ///
 /// SAFETY (for callers): only system calls on memory prepared before
@@ -321,7 +455,10 @@ fn run_steps(steps: &[Step]) -> Result<(), (&'static [u8], i32)> {
                     b"mount",
                 ),
                 Step::Chdir(p) => (libc::chdir(p.as_ptr()), b"chdir"),
-                Step::Chroot(p) => (libc::chroot(p.as_ptr()), b"chroot"),
+                Step::EnterRoot {
+                    old_mounts,
+                    try_pivot,
+                } => (enter_root(old_mounts, *try_pivot), b"enter jail root"),
                 Step::Hostname(h) => (
                     libc::sethostname(h.as_ptr().cast(), h.len()),
                     b"sethostname",
@@ -335,11 +472,86 @@ fn run_steps(steps: &[Step]) -> Result<(), (&'static [u8], i32)> {
     Ok(())
 }
 
-/// Makes fds 0-2 and the kept fds what the program inherits, and resets
-/// what init changed for itself (blocked signals, ignored SIGPIPE).
+/// Virtio devices a vmm can have: its disks, NICs and the rng.
+const VMM_DEVICES: u64 = (hvconfig::guest::MAX_DISKS + hvconfig::guest::MAX_NETS + 1) as u64;
+/// fds a vmm opens itself on top of the ones it is handed: /dev/kvm, the
+/// VM, one per vCPU, per virtio device an interrupt, a control and
+/// per-queue notify eventfds (each twice) and an epoll fd (16 is ample),
+/// and a few more (kernel, initrd, signalfd, exit eventfd, epoll).
+const VMM_OWN_FDS: u64 = 64 + hvconfig::guest::MAX_VCPUS as u64 + 16 * VMM_DEVICES;
+/// Threads of one vmm: main, its vCPUs and one worker per device, with
+/// room to spare. Counted per uid, and every guest has its own.
+const VMM_THREADS: u64 = 2 * (1 + hvconfig::guest::MAX_VCPUS as u64 + VMM_DEVICES);
+
+/// setrlimit's resource type: unsigned in glibc, int in musl.
+#[cfg(target_env = "gnu")]
+type Resource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+type Resource = libc::c_int;
+
+/// What the child sets up besides its file system, planned in the parent.
+struct ProcessPlan {
+    /// The kept fds above 2, sorted, without duplicates.
+    keep: Vec<libc::c_uint>,
+    limits: [(Resource, u64); 3],
+}
+
+impl ProcessPlan {
+    fn new(spec: &JailSpec) -> ProcessPlan {
+        let mut keep: Vec<libc::c_uint> = spec
+            .keep_fds
+            .iter()
+            .filter_map(|&fd| libc::c_uint::try_from(fd).ok())
+            .filter(|&fd| fd > 2)
+            .collect();
+        keep.sort_unstable();
+        keep.dedup();
+        let handed = u64::try_from(keep.len()).unwrap_or(u64::MAX);
+        ProcessPlan {
+            keep,
+            limits: [
+                (libc::RLIMIT_NOFILE, 3 + handed.saturating_add(VMM_OWN_FDS)),
+                (libc::RLIMIT_NPROC, VMM_THREADS),
+                (libc::RLIMIT_CORE, 0),
+            ],
+        }
+    }
+}
+
+/// Closes every fd above 2 except `keep` (sorted).
+///
+/// SAFETY (for callers): plain fd system calls.
+fn close_other_fds(keep: &[libc::c_uint]) -> Result<(), (&'static [u8], i32)> {
+    let mut from: libc::c_uint = 3;
+    for &fd in keep.iter().chain(std::iter::once(&libc::c_uint::MAX)) {
+        if fd > from {
+            // SAFETY: closing fds of our own process image.
+            let rc = unsafe { libc::syscall(libc::SYS_close_range, from, fd - 1, 0) };
+            if rc != 0 {
+                if errno() != libc::ENOSYS {
+                    return Err((b"close_range", errno()));
+                }
+                // Before Linux 5.9: one by one, up to the fd limit.
+                // SAFETY: sysconf has no preconditions.
+                let max = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) };
+                let end = libc::c_uint::try_from(max).unwrap_or(1024).min(fd);
+                for n in from..end {
+                    // SAFETY: as above; EBADF for fds not open is fine.
+                    unsafe { libc::close(n as libc::c_int) };
+                }
+            }
+        }
+        from = fd.saturating_add(1);
+    }
+    Ok(())
+}
+
+/// Makes fds 0-2 and the kept fds what the program inherits (and nothing
+/// else), sets its limits, and resets what init changed for itself
+/// (blocked signals, ignored SIGPIPE).
 ///
 /// SAFETY (for callers): async-signal-safe calls only.
-fn prepare_process(spec: &JailSpec) -> Result<(), (&'static [u8], i32)> {
+fn prepare_process(spec: &JailSpec, plan: &ProcessPlan) -> Result<(), (&'static [u8], i32)> {
     // SAFETY: plain fd and signal system calls on valid arguments.
     unsafe {
         for (from, to) in [(spec.stdin, 0), (spec.stdout, 1), (spec.stderr, 2)] {
@@ -350,6 +562,16 @@ fn prepare_process(spec: &JailSpec) -> Result<(), (&'static [u8], i32)> {
         for &fd in spec.keep_fds {
             if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                 return Err((b"keep fd", errno()));
+            }
+        }
+        close_other_fds(&plan.keep)?;
+        for &(resource, value) in &plan.limits {
+            let limit = libc::rlimit {
+                rlim_cur: value,
+                rlim_max: value,
+            };
+            if libc::setrlimit(resource, &limit) != 0 {
+                return Err((b"setrlimit", errno()));
             }
         }
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -423,7 +645,15 @@ fn clone_jailed(cgroup: Option<RawFd>) -> io::Result<libc::pid_t> {
 
 /// Starts `spec.program` in a fresh jail and returns its pid.
 pub fn spawn(spec: &JailSpec) -> io::Result<libc::pid_t> {
-    let steps = plan(spec)?;
+    spawn_entering(spec, true)
+}
+
+/// [`spawn`], where `try_pivot: false` takes the initramfs way even on a
+/// root that could be pivoted away from (for its test).
+fn spawn_entering(spec: &JailSpec, try_pivot: bool) -> io::Result<libc::pid_t> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let steps = plan_entering(spec, &top_mounts(&mountinfo), try_pivot)?;
+    let process = ProcessPlan::new(spec);
     let program = cpath(&inside(Path::new("/"), spec.program)?)?;
     let argv: Vec<CString> = spec
         .args
@@ -441,7 +671,7 @@ pub fn spawn(spec: &JailSpec) -> io::Result<libc::pid_t> {
         return Ok(pid);
     }
     // Child: from here on only prepared system calls, then exec or exit.
-    let result = run_steps(&steps).and_then(|()| prepare_process(spec));
+    let result = run_steps(&steps).and_then(|()| prepare_process(spec, &process));
     match result {
         Ok(()) => {
             // SAFETY: argv/envp are NULL-terminated arrays of C strings.
@@ -499,7 +729,7 @@ mod tests {
             ]
             .map(PathBuf::from)
         );
-        let steps = plan(&spec(root, &binds, &[])).expect("plan");
+        let steps = plan(&spec(root, &binds, &[]), &[]).expect("plan");
         let mkdirs = steps
             .iter()
             .filter(
@@ -512,7 +742,7 @@ mod tests {
     #[test]
     fn plan_refuses_escaping_paths() {
         let binds = [Bind::file("/mnt/config/../../etc/shadow")];
-        assert!(plan(&spec(Path::new("/run/hv/jail/x"), &binds, &[])).is_err());
+        assert!(plan(&spec(Path::new("/run/hv/jail/x"), &binds, &[]), &[]).is_err());
     }
 
     /// Runs busybox in a real jail. Needs root (namespaces, mounts) and
@@ -563,5 +793,122 @@ mod tests {
         assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
         // The host side of the jail root stays an empty directory.
         assert_eq!(std::fs::read_dir(&root).expect("root").count(), 0);
+    }
+
+    #[test]
+    fn top_mounts_are_the_children_of_the_root_mount() {
+        // PID 1 on the initramfs: rootfs is its own parent.
+        let table = "1 1 0:2 / / rw - rootfs rootfs rw\n\
+                     20 1 0:20 / /proc rw - proc proc rw\n\
+                     21 1 0:6 / /dev rw - devtmpfs devtmpfs rw\n\
+                     22 21 0:21 / /dev/pts rw - devpts devpts rw\n\
+                     23 1 8:3 / /mnt/my\\040config ro - vfat /dev/sda3 ro\n";
+        assert_eq!(
+            top_mounts(table),
+            [b"proc".to_vec(), b"dev".to_vec(), b"mnt/my config".to_vec()]
+        );
+        assert!(top_mounts("").is_empty());
+    }
+
+    /// A jailed program sees only the jail's mounts and only the fds it was
+    /// handed. Needs root and /bin/busybox, as CI has; fails without them.
+    #[test]
+    fn busybox_sees_only_its_mounts_and_fds() {
+        sees_only_its_mounts_and_fds(true);
+    }
+
+    /// The same the way PID 1 on the initramfs enters the jail (move, chroot
+    /// and detach the old root's mounts).
+    #[test]
+    fn busybox_sees_only_its_mounts_and_fds_without_pivot_root() {
+        sees_only_its_mounts_and_fds(false);
+    }
+
+    fn sees_only_its_mounts_and_fds(try_pivot: bool) {
+        let busybox = Path::new("/bin/busybox");
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        assert!(root, "this test needs root (namespaces, mounts)");
+        assert!(busybox.exists(), "this test needs /bin/busybox");
+        let host = tempfile::tempdir().expect("tempdir");
+        let root = host.path().join("jail");
+        let secret = host.path().join("visible.txt");
+        std::fs::write(&secret, "hello").expect("write");
+        // One fd handed on and one leaked without O_CLOEXEC, both above
+        // anything the jail opens itself.
+        let null = dev_null().expect("/dev/null");
+        // SAFETY: duplicating an fd we own; the copies are closed below.
+        let (kept, leaked) = unsafe {
+            (
+                libc::fcntl(null.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100),
+                libc::fcntl(null.as_raw_fd(), libc::F_DUPFD, 300),
+            )
+        };
+        assert!(kept >= 100 && leaked >= 300);
+        let (mut read, write) = std::io::pipe().expect("pipe");
+        let binds = [Bind::file(&secret), Bind::device("/dev/null")];
+        let script = "cut -d' ' -f5 /proc/self/mountinfo; echo --; \
+                      for f in /proc/self/fd/*; do echo ${f##*/}; done; echo --; \
+                      ulimit -n; ulimit -c";
+        let args = ["sh".to_string(), "-c".to_string(), script.to_string()];
+        let spec = JailSpec {
+            hostname: "web",
+            root: &root,
+            program: busybox,
+            args: &args,
+            binds: &binds,
+            keep_fds: &[kept],
+            stdin: null.as_raw_fd(),
+            stdout: write.as_raw_fd(),
+            stderr: write.as_raw_fd(),
+            cgroup: None,
+        };
+        let pid = spawn_entering(&spec, try_pivot).expect("spawn");
+        drop(write);
+        // SAFETY: closing the duplicates made above.
+        unsafe {
+            libc::close(kept);
+            libc::close(leaked);
+        }
+        let mut out = String::new();
+        read.read_to_string(&mut out).expect("read");
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "{out}"
+        );
+        let mut parts = out.split("--\n");
+        let mounts: Vec<&str> = parts.next().unwrap_or_default().lines().collect();
+        let expected = [
+            "/".to_string(),
+            secret.display().to_string(),
+            "/dev/null".to_string(),
+            "/bin/busybox".to_string(),
+            "/proc".to_string(),
+        ];
+        assert_eq!(mounts, expected, "mounts in the jail:\n{out}");
+        let fds: Vec<i32> = parts
+            .next()
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.parse().expect("fd number"))
+            .collect();
+        // 0-2, the kept fd, and the directory the shell reads the list
+        // through (the lowest free number).
+        assert!(fds.contains(&kept), "kept fd missing: {fds:?}");
+        assert!(!fds.contains(&leaked), "leaked fd visible: {fds:?}");
+        let others: Vec<i32> = fds
+            .iter()
+            .copied()
+            .filter(|&fd| fd > 2 && fd != kept)
+            .collect();
+        assert!(
+            others.len() <= 1 && others.iter().all(|&fd| fd == 3),
+            "{fds:?}"
+        );
+        let limits: Vec<&str> = parts.next().unwrap_or_default().lines().collect();
+        assert_eq!(limits, [(3 + 1 + VMM_OWN_FDS).to_string().as_str(), "0"]);
     }
 }

@@ -243,7 +243,11 @@ impl Guest {
     }
 
     fn find_disk(&self, spec: &DiskSource, ctx: &mut StartContext) -> io::Result<PathBuf> {
-        match ctx.devices.find(spec) {
+        let found = ctx
+            .devices
+            .find(spec)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("disk {e}")))?;
+        match found {
             Some(dev) => Ok(dev.node),
             None => Err(io::Error::new(
                 io::ErrorKind::NotFound,

@@ -30,6 +30,7 @@ pub fn mount_all(mounts: &[Mount], devices: &[BlockDevice], boot: &BootMedium) -
 
 fn mount_one(m: &Mount, devices: &[BlockDevice], boot: &BootMedium) -> io::Result<String> {
     let dev = probe::find(&m.source, devices)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such device"))?;
     if boot.holds_node(&fs::metadata(&dev.node)?) {
         return Err(io::Error::new(
@@ -97,6 +98,7 @@ mod tests {
             node: lo.node.clone(),
             disk: None,
             part_label: None,
+            part_uuid: None,
             fs: None,
         }];
         let m = Mount {

@@ -5,13 +5,14 @@
 
 use std::path::{Path, PathBuf};
 
+use hvconfig::guest::DiskSource;
 use hvconfig::HostConfig;
 
 use super::data_mounts;
 use super::net::{self, Netlink};
 use crate::boot::boot_medium::{BootMedium, MOUNTINFO, SYS_DIR};
 use crate::boot::logger::Notice;
-use crate::config_source::probe::DeviceCache;
+use crate::config_source::probe::{self, BlockDevice, DeviceCache};
 
 /// One step of the host set-up, in the order they are taken.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,6 +49,30 @@ pub struct HostContext<'a> {
     pub devices: &'a mut DeviceCache,
     /// Whether the config came from a mounted partition.
     pub config_mounted: bool,
+    /// Every guest's disks: the devices they name (and their partitions)
+    /// are never taken for a data mount.
+    pub guest_disks: Vec<DiskSource>,
+}
+
+/// The device nodes `disks` name among `devices`: every device a label
+/// matches, and a path as written and as resolved.
+pub fn handed_nodes(disks: &[DiskSource], devices: &[BlockDevice]) -> Vec<PathBuf> {
+    let mut nodes = Vec::new();
+    for disk in disks {
+        match disk {
+            DiskSource::Path(p) => {
+                nodes.push(p.clone());
+                nodes.extend(std::fs::canonicalize(p).ok());
+            }
+            named => nodes.extend(
+                devices
+                    .iter()
+                    .filter(|d| d.is_named_by(named))
+                    .map(|d| d.node.clone()),
+            ),
+        }
+    }
+    nodes
 }
 
 /// The steps for `host`, given whether netlink is open and where the
@@ -86,6 +111,7 @@ pub fn apply(host: &HostConfig, ctx: HostContext<'_>) -> HostState {
         mut netlink,
         devices,
         config_mounted,
+        guest_disks,
     } = ctx;
     let mut state = HostState::default();
     for step in plan(host, netlink.is_some(), config_mounted) {
@@ -114,8 +140,10 @@ pub fn apply(host: &HostConfig, ctx: HostContext<'_>) -> HostState {
                 }
             }
             Step::MountData => {
+                let all = devices.devices();
+                let candidates = probe::not_handed(all, &handed_nodes(&guest_disks, all));
                 state.data_mounts =
-                    data_mounts::mount_all(&host.mounts, devices.devices(), &state.boot_medium);
+                    data_mounts::mount_all(&host.mounts, &candidates, &state.boot_medium);
             }
         }
     }
@@ -125,6 +153,39 @@ pub fn apply(host: &HostConfig, ctx: HostContext<'_>) -> HostState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guests_devices_are_named_by_label_and_by_path() {
+        let dev = |name: &str, label: &str| BlockDevice {
+            name: name.into(),
+            node: Path::new("/dev").join(name),
+            disk: None,
+            part_label: None,
+            part_uuid: None,
+            fs: Some(probe::FsInfo {
+                fstype: probe::FsType::Ext4,
+                label: Some(label.into()),
+                uuid: None,
+            }),
+        };
+        let devices = [
+            dev("vdb", "vmdata"),
+            dev("vdc", "bdisk"),
+            dev("vdd", "bdisk"),
+        ];
+        let disks = [
+            DiskSource::Label("bdisk".into()),
+            DiskSource::Path("/nonexistent/x".into()),
+        ];
+        assert_eq!(
+            handed_nodes(&disks, &devices),
+            [
+                PathBuf::from("/dev/vdc"),
+                PathBuf::from("/dev/vdd"),
+                PathBuf::from("/nonexistent/x")
+            ]
+        );
+    }
 
     fn host(text: &str) -> HostConfig {
         hvconfig::parse_host(Path::new("/cfg/host.toml"), text).expect("valid host.toml")

@@ -356,4 +356,17 @@ fn fuzz_http_regressions() {
     head.truncate(MAX_HEAD - 2);
     head.extend_from_slice(b"\n\n");
     assert!(read_head(&mut Cursor::new(head.as_slice())).is_ok());
+    // Content-Length is digits (RFC 9110 section 8.6): u64's parser took
+    // a sign, and Unicode trimming a no-break space.
+    for value in [&b"+5193"[..], b"5\xc2\xa0", b"\xc2\xa05", b"5 5", b"-0"] {
+        let mut text = b"HTTP/1.1 200 OK\r\nContent-Length: ".to_vec();
+        text.extend_from_slice(value);
+        text.extend_from_slice(b"\r\n\r\n");
+        let e = read_head(&mut Cursor::new(text.as_slice())).expect_err("signed length");
+        assert!(e.to_string().contains("Content-Length"), "{e}");
+    }
+    let h = read_head(&mut Cursor::new(
+        &b"HTTP/1.1 200 OK\r\nContent-Length: \t 7 \r\n\r\n"[..],
+    ));
+    assert_eq!(h.expect("spaces around").length, Some(7));
 }

@@ -230,6 +230,12 @@ fn fuzz_url_regressions() {
         let url = base.resolve(reference).expect(reference);
         check_url(&url, &mirror, reference);
     }
+    // Found by the fuzzer: a bracket left in the host printed as another
+    // URL (`[[x]` as `[x`, which does not parse).
+    for text in ["http://[[%z%25]/[", "http://[[x]/", "http://a]b/"] {
+        assert!(HttpUrl::parse(text).is_err(), "{text}");
+    }
+    assert!(base.resolve("//[[x]/k").is_err());
     // Found by the fuzzer: a raw NUL got through `resolve` (`parse`
     // refuses it) into the path, which then did not round-trip.
     assert!(base.resolve("-00\0.%200\0e").is_err());

@@ -163,6 +163,10 @@ struct BlockProcessor {
 }
 
 impl QueueProcessor for BlockProcessor {
+    fn io_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(std::os::fd::AsRawFd::as_raw_fd(&*self.file))
+    }
+
     fn process_queue(&mut self, index: usize, ctx: &mut QueueContext) -> Result<(), DeviceError> {
         while let Some(chain) = ctx.pop(index)? {
             let head = chain.head_index();

@@ -35,6 +35,12 @@ impl Interrupt {
         }
     }
 
+    /// The interrupt eventfd, which the worker's seccomp filter lets it
+    /// write.
+    pub(crate) fn irq_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.irq)
+    }
+
     /// InterruptStatus register.
     pub(crate) fn status(&self) -> u32 {
         self.status.load(Ordering::SeqCst)

@@ -37,12 +37,14 @@
 //! The per-device-kind allow-lists in `crate::seccomp` follow this list;
 //! checked with strace on the tests:
 //! - all devices: `epoll_pwait` (musl) / `epoll_wait` (glibc), `epoll_ctl`,
-//!   `read` and `write` (eventfds, tap, log lines on stderr), `futex`,
-//!   memory management for per-request buffers (`mmap`, `munmap`,
-//!   `mremap`, `brk`, `madvise`); when the transport is dropped the thread
-//!   also runs `close`, `sigaltstack`, `rt_sigprocmask`, `munmap`,
-//!   `madvise` and `exit`.
-//! - virtio-blk: `pread64`, `pwrite64`, `fdatasync`.
+//!   `read` and `write` (eventfds, tap, log lines on stderr; the filter
+//!   allows them on the worker's own fds only, `seccomp::WorkerFds`),
+//!   `futex`, memory management for per-request buffers (`mmap`,
+//!   `mprotect`, `munmap`, `mremap`, `brk`, `madvise`; never executable
+//!   memory); when the transport is dropped the thread also runs `close`,
+//!   `sigaltstack`, `rt_sigprocmask`, `munmap`, `madvise` and `exit`.
+//! - virtio-blk: `pread64`, `pwrite64`, `fdatasync`, on its disk only
+//!   (`QueueProcessor::io_fd`).
 //! - virtio-rng: `getrandom`.
 //! - virtio-net: nothing beyond the list above (`read`/`write` on the tap).
 //!
@@ -107,6 +109,12 @@ pub trait QueueProcessor: Send {
     fn process_queue(&mut self, index: usize, ctx: &mut QueueContext) -> Result<(), DeviceError>;
     /// A host fd to poll for input (the tap for virtio-net).
     fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+    /// A host fd the processor does positioned I/O on (the disk for
+    /// virtio-blk); its worker's seccomp filter allows `pread64`,
+    /// `pwrite64` and `fdatasync` on it alone.
+    fn io_fd(&self) -> Option<std::os::fd::RawFd> {
         None
     }
     /// Whether the backend fd should be polled right now (false while a

@@ -24,6 +24,7 @@ use super::complaints::Complaints;
 use super::interrupt::Interrupt;
 use super::queue::QueueContext;
 use super::QueueProcessor;
+use crate::seccomp::WorkerFds;
 
 pub(crate) enum Command {
     /// Always the first command: install the filter, if any, then run.
@@ -177,6 +178,7 @@ impl WorkerThread {
         }
         let (commands, receiver) = mpsc::channel();
         let thread_control = control.try_clone()?;
+        let fds = worker_fds(&worker, &thread_control, &notifiers);
         let handle = thread::Builder::new()
             .name(format!("{}-worker", worker.name))
             .spawn(move || {
@@ -186,6 +188,7 @@ impl WorkerThread {
             })?;
         let gate = WorkerGate {
             device_type,
+            fds,
             commands: commands.clone(),
         };
         Ok(WorkerThread {
@@ -258,6 +261,7 @@ pub struct NotStarted {
 /// still ends it).
 pub struct WorkerGate {
     device_type: u32,
+    fds: WorkerFds,
     commands: mpsc::Sender<Command>,
 }
 
@@ -266,6 +270,11 @@ impl WorkerGate {
     /// its filter.
     pub fn device_type(&self) -> u32 {
         self.device_type
+    }
+
+    /// The fds the worker does I/O on, for its seccomp filter.
+    pub fn fds(&self) -> &WorkerFds {
+        &self.fds
     }
 
     /// Starts the worker; returns once it has installed `filter` on its own
@@ -300,6 +309,24 @@ fn wait_for_start(name: &str, commands: &Receiver<Command>) -> bool {
         // the queues are handed over by vCPUs, which run only after every
         // gate is open.
         _ => false,
+    }
+}
+
+/// What the worker thread reads and writes: see [`WorkerFds`].
+fn worker_fds(worker: &Worker, control: &EventFd, notifiers: &[EventFd]) -> WorkerFds {
+    let backend = worker.processor.backend_fd();
+    let notify = notifiers.iter().map(AsRawFd::as_raw_fd);
+    WorkerFds {
+        read: std::iter::once(control.as_raw_fd())
+            .chain(notify.clone())
+            .chain(backend)
+            .collect(),
+        write: [libc::STDERR_FILENO, worker.interrupt.irq_fd()]
+            .into_iter()
+            .chain(notify)
+            .chain(backend)
+            .collect(),
+        disk: worker.processor.io_fd(),
     }
 }
 

@@ -9,3 +9,5 @@ pub(crate) mod driver;
 pub mod fuzz_driver;
 #[cfg(test)]
 mod hostile;
+#[cfg(test)]
+mod net_fuzz;
