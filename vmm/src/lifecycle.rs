@@ -130,7 +130,7 @@ pub fn run(vmm: Vmm, signals: &SignalFd, opts: &RunOptions) -> Result<VmmExit, E
     let disks: Vec<i32> = workers.iter().filter_map(|g| g.fds().disk).collect();
     start_workers(workers, opts.seccomp)?;
     let console_filter = match opts.seccomp {
-        true => Some(Arc::new(seccomp::filter(ThreadKind::Console)?)),
+        true => Some(Arc::new(seccomp::filter(ThreadKind::Console, &disks)?)),
         false => None,
     };
     lock(&serial)
