@@ -93,18 +93,18 @@ fn rep_insb_lsr() -> Vec<u8> {
 fn polled_counter(count: u32) -> Vec<u8> {
     let n = count.to_le_bytes();
     [
-        &[0x31, 0xdb][..],                   // xor ebx, ebx
-        &[0xb9, n[0], n[1], n[2], n[3]],     // mov ecx, count
-        &[0x66, 0xba, 0xfd, 0x03],           // next: mov dx, 0x3fd
-        &[0xec],                             // wait: in al, dx
-        &[0xa8, 0x20],                       // test al, 0x20 (THRE)
-        &[0x74, 0xfb],                       // jz wait
-        &[0x66, 0xba, 0xf8, 0x03],           // mov dx, 0x3f8
-        &[0x88, 0xd8],                       // mov al, bl
-        &[0xee],                             // out dx, al
-        &[0xfe, 0xc3],                       // inc bl
-        &[0xff, 0xc9],                       // dec ecx
-        &[0x75, 0xea],                       // jnz next
+        &[0x31, 0xdb][..],               // xor ebx, ebx
+        &[0xb9, n[0], n[1], n[2], n[3]], // mov ecx, count
+        &[0x66, 0xba, 0xfd, 0x03],       // next: mov dx, 0x3fd
+        &[0xec],                         // wait: in al, dx
+        &[0xa8, 0x20],                   // test al, 0x20 (THRE)
+        &[0x74, 0xfb],                   // jz wait
+        &[0x66, 0xba, 0xf8, 0x03],       // mov dx, 0x3f8
+        &[0x88, 0xd8],                   // mov al, bl
+        &[0xee],                         // out dx, al
+        &[0xfe, 0xc3],                   // inc bl
+        &[0xff, 0xc9],                   // dec ecx
+        &[0x75, 0xea],                   // jnz next
         ACPI_POWEROFF,
         HANG,
     ]
@@ -115,10 +115,8 @@ struct Kernel(PathBuf);
 
 impl Kernel {
     fn new(name: &str, code: &[u8]) -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "vmm-console-{}-{name}.elf",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("vmm-console-{}-{name}.elf", std::process::id()));
         fs::write(&path, elf(code)).unwrap();
         Kernel(path)
     }
@@ -174,7 +172,12 @@ fn wait_timeout(child: &mut Child, limit: Duration) -> Option<i32> {
 
 fn stderr_of(child: &mut Child) -> String {
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     err
 }
 
@@ -269,7 +272,13 @@ fn an_undrained_stdout_does_not_wedge_the_stop() {
     let queued = || {
         let mut n: libc::c_int = 0;
         // SAFETY: FIONREAD on a pipe we own writes one int.
-        unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&stdout), libc::FIONREAD, &mut n) };
+        unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&stdout),
+                libc::FIONREAD,
+                &mut n,
+            )
+        };
         n
     };
     let started = Instant::now();
@@ -292,5 +301,8 @@ fn an_undrained_stdout_does_not_wedge_the_stop() {
     let err = stderr_of(child);
     eprintln!("stderr: {err}");
     assert!(err.contains("not written"), "{err}");
-    assert!(!err.contains("lost"), "a polling guest loses nothing: {err}");
+    assert!(
+        !err.contains("lost"),
+        "a polling guest loses nothing: {err}"
+    );
 }

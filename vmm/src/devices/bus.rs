@@ -256,7 +256,11 @@ mod tests {
         let seen = &rec.lock().unwrap().accesses;
         assert_eq!(
             *seen,
-            vec![('w', 2, vec![1, 2]), ('w', 2, vec![3, 4]), ('w', 2, vec![5, 6])]
+            vec![
+                ('w', 2, vec![1, 2]),
+                ('w', 2, vec![3, 4]),
+                ('w', 2, vec![5, 6])
+            ]
         );
     }
 

@@ -1,6 +1,5 @@
 //! Ways for a device to interrupt the guest through the in-kernel irqchip.
 
-use std::io;
 use std::sync::Arc;
 
 use kvm_ioctls::VmFd;
@@ -8,14 +7,6 @@ use vmm_sys_util::eventfd::EventFd;
 
 /// An edge-triggered interrupt: an eventfd registered as a KVM irqfd.
 pub struct EdgeIrq(pub EventFd);
-
-impl vm_superio::Trigger for EdgeIrq {
-    type E = io::Error;
-
-    fn trigger(&self) -> io::Result<()> {
-        self.0.write(1)
-    }
-}
 
 impl EdgeIrq {
     pub fn raise(&self) {

@@ -126,7 +126,8 @@ impl Vcpu {
                 // SAFETY: `get_kvm_run` is the vCPU's own kvm_run mapping,
                 // `run_size` bytes long, and KVM_RUN just returned an I/O
                 // exit in it.
-                if let Err(e) = unsafe { port_io(self.fd.get_kvm_run(), self.run_size, &self.pio) } {
+                if let Err(e) = unsafe { port_io(self.fd.get_kvm_run(), self.run_size, &self.pio) }
+                {
                     log::error!("vCPU {id}: {e}");
                     return Some(VmmExit::Error);
                 }

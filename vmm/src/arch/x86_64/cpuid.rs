@@ -273,7 +273,11 @@ mod tests {
         // Twice: the leaf is replaced, not added again.
         filter(&mut cpuid, 1, 2, timers).unwrap();
         let leaf = |f: u32| {
-            let all: Vec<_> = cpuid.as_slice().iter().filter(|e| e.function == f).collect();
+            let all: Vec<_> = cpuid
+                .as_slice()
+                .iter()
+                .filter(|e| e.function == f)
+                .collect();
             assert_eq!(all.len(), 1, "leaf {f:#x}");
             *all[0]
         };
@@ -282,7 +286,10 @@ mod tests {
             (leaf(LEAF_TIMING).eax, leaf(LEAF_TIMING).ebx),
             (2_345_678, KVM_LAPIC_KHZ)
         );
-        assert_ne!(leaf(LEAF_KVM_FEATURES).eax & KVM_FEATURE_CLOCKSOURCE_STABLE_BIT, 0);
+        assert_ne!(
+            leaf(LEAF_KVM_FEATURES).eax & KVM_FEATURE_CLOCKSOURCE_STABLE_BIT,
+            0
+        );
     }
 
     #[test]
@@ -322,11 +329,20 @@ mod tests {
         };
         // SMT: 1 thread; core: shift 1 covers both APIC ids, 2 of them;
         // then the invalid level that ends the list.
-        assert_eq!((sub(0).eax, sub(0).ebx, sub(0).ecx >> 8), (0, 1, LEVEL_TYPE_SMT));
-        assert_eq!((sub(1).eax, sub(1).ebx, sub(1).ecx >> 8), (1, 2, LEVEL_TYPE_CORE));
+        assert_eq!(
+            (sub(0).eax, sub(0).ebx, sub(0).ecx >> 8),
+            (0, 1, LEVEL_TYPE_SMT)
+        );
+        assert_eq!(
+            (sub(1).eax, sub(1).ebx, sub(1).ecx >> 8),
+            (1, 2, LEVEL_TYPE_CORE)
+        );
         assert_eq!((sub(2).ebx, sub(2).ecx >> 8), (0, 0));
         assert!((0..3).all(|i| sub(i).edx == 1 && sub(i).flags == KVM_CPUID_FLAG_SIGNIFCANT_INDEX));
         // No 0x1f from KVM, none added.
-        assert!(cpuid.as_slice().iter().all(|e| e.function != LEAF_V2_EXT_TOPOLOGY));
+        assert!(cpuid
+            .as_slice()
+            .iter()
+            .all(|e| e.function != LEAF_V2_EXT_TOPOLOGY));
     }
 }

@@ -78,7 +78,7 @@ const MSR_DSR: u8 = 0x20;
 const MSR_RI: u8 = 0x40;
 const MSR_DCD: u8 = 0x80;
 
-/// The receive FIFO, as vm-superio had it: what the host can queue at once.
+/// The receive FIFO: what the host can queue at once.
 const RX_FIFO: usize = 64;
 /// The 16550A's transmit FIFO: after a THRE a driver may write this many
 /// bytes without looking at LSR again (Linux does), so the transmitter
