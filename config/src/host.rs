@@ -250,6 +250,12 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<HostConfig, ConfigError> 
         if guests.iter().any(|n| n == g.value) {
             return Err(src.error_at(g.span, format!("guest '{}' is listed twice", g.value)));
         }
+        if guests.len() == crate::MAX_GUESTS {
+            return Err(src.error_at(
+                g.span,
+                format!("at most {} guests may be listed", crate::MAX_GUESTS),
+            ));
+        }
         guests.push(g.value.to_string());
     }
 

@@ -31,6 +31,12 @@ pub use mac::{MacAddr, ParseMacError};
 /// file on the config partition from exhausting PID 1's memory.
 pub const MAX_FILE_SIZE: u64 = 256 * 1024;
 
+/// How many guests one host runs at most. host.toml's `guests` list is
+/// refused past it, so a hostile config server cannot make init fetch (and
+/// fill `/run` with) more than this many guests' files; init's guest table
+/// has exactly this capacity.
+pub const MAX_GUESTS: usize = 64;
+
 /// Reads and parses a guest definition; paths in it are resolved against
 /// the directory holding `path`, and the guest is named after its file stem.
 pub fn load_guest(path: &Path) -> Result<GuestConfig, ConfigError> {

@@ -160,6 +160,15 @@ fn scalar_errors() {
         err("guests = [\"web\", \"web\"]\n"),
         "host.toml:1:18: guest 'web' is listed twice"
     );
+    let names: Vec<String> = (0..=hvconfig::MAX_GUESTS)
+        .map(|i| format!("\"g{i}\""))
+        .collect();
+    let too_many = format!("guests = [{}]\n", names.join(", "));
+    let col = too_many.find("\"g64\"").unwrap() + 1;
+    assert_eq!(
+        err(&too_many),
+        format!("host.toml:1:{col}: at most 64 guests may be listed")
+    );
     assert_eq!(
         err("guests = \"web\"\n"),
         "host.toml:1:10: guests must be an array of strings, found a string"

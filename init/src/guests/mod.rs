@@ -26,8 +26,9 @@ use crate::config_source::probe::DeviceCache;
 use crate::host::cgroup;
 use crate::host::net::{self, Netlink};
 
-/// Fixed capacity of the guest table: bounded memory for PID 1.
-pub const MAX_GUESTS: usize = 64;
+/// Fixed capacity of the guest table (bounded memory for PID 1): the
+/// format's own limit, which host.toml's `guests` list cannot exceed.
+pub const MAX_GUESTS: usize = hvconfig::MAX_GUESTS;
 /// Guest number N runs as uid/gid UID_BASE + N.
 pub const UID_BASE: u32 = 10_000;
 pub const VMM_PATH: &str = "/bin/vmm";
