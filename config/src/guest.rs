@@ -72,7 +72,11 @@ pub struct Boot {
 pub struct Disk {
     pub path: DiskSource,
     pub read_only: bool,
+    /// `size_gib`/`base`: how init creates the image if it does not exist.
+    pub provision: Option<Provision>,
 }
+
+pub use crate::provision::Provision;
 
 /// Where a disk's data lives: a path, `LABEL=` or `PARTLABEL=` (see
 /// [`DeviceSource`]; disks refuse `UUID=`). The name the vmm knows it by.
@@ -152,8 +156,15 @@ impl GuestConfig {
     pub fn check_files(&self) -> Result<(), ConfigError> {
         self.check_boot_files()?;
         for (i, disk) in self.disks.iter().enumerate() {
+            let what = format!("disk {}", i + 1);
             if let DiskSource::Path(path) = &disk.path {
-                check_file(&self.file, &format!("disk {}", i + 1), path, true)?;
+                // A provisioned disk may not exist yet: init creates it.
+                if disk.provision.is_none() || fs::symlink_metadata(path).is_ok() {
+                    check_file(&self.file, &what, path, true)?;
+                }
+            }
+            if let Some(base) = disk.provision.as_ref().and_then(|p| p.base.as_ref()) {
+                check_file(&self.file, &format!("{what} base"), base, false)?;
             }
         }
         Ok(())
@@ -360,7 +371,12 @@ fn disks(root: &Fields<'_, '_, '_>, base: &Path) -> Result<Vec<Disk>, ConfigErro
             t,
             Some(span.clone()),
             "[[disk]]",
-            &["path", "read_only"],
+            &[
+                "path",
+                "read_only",
+                crate::provision::KEYS[0],
+                crate::provision::KEYS[1],
+            ],
         )?;
         let p = f
             .string("path")?
@@ -380,9 +396,12 @@ fn disks(root: &Fields<'_, '_, '_>, base: &Path) -> Result<Vec<Disk>, ConfigErro
             ));
         }
         header_starts.push(span.start);
+        let read_only = f.boolean("read_only")?.unwrap_or(false);
+        let provision = crate::provision::parse(&f, &path, read_only, base)?;
         disks.push(Disk {
             path,
-            read_only: f.boolean("read_only")?.unwrap_or(false),
+            read_only,
+            provision,
         });
     }
     Ok(disks)

@@ -16,6 +16,7 @@ pub mod guest;
 pub mod host;
 mod mac;
 pub mod names;
+pub mod provision;
 
 use std::fs;
 use std::io::{self, Read};

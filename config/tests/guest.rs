@@ -79,19 +79,23 @@ fn full_example_parses_with_every_field() {
             disks: vec![
                 Disk {
                     path: DiskSource::Path("/data/web.img".into()),
-                    read_only: false
+                    read_only: false,
+                    provision: None
                 },
                 Disk {
                     path: DiskSource::PartLabel("web-data".into()),
-                    read_only: true
+                    read_only: true,
+                    provision: None
                 },
                 Disk {
                     path: DiskSource::Label("scratch".into()),
-                    read_only: false
+                    read_only: false,
+                    provision: None
                 },
                 Disk {
                     path: DiskSource::Path("guests/images/extra.img".into()),
-                    read_only: false
+                    read_only: false,
+                    provision: None
                 },
             ],
             nets: vec![
@@ -263,7 +267,7 @@ fn unknown_keys_are_named_with_the_allowed_ones() {
     );
     assert_eq!(
         err("[boot]\nkernel = \"k\"\n[[disk]]\npath = \"a\"\nreadonly = true\n"),
-        "guests/web.toml:5:1: unknown key 'readonly' in [[disk]] (allowed: path, read_only)"
+        "guests/web.toml:5:1: unknown key 'readonly' in [[disk]] (allowed: path, read_only, size_gib, base)"
     );
     assert_eq!(
         err("[boot]\nkernel = \"k\"\n[lifecycle]\nrestart = \"never\"\n[lifecycle.x]\n"),
