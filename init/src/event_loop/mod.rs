@@ -35,7 +35,7 @@ use crate::config_source::probe::DeviceCache;
 use crate::config_source::signed::{Trust, PUBKEY_PATH};
 use crate::config_source::{ConfigSource, Event, Loaded, Loader};
 use crate::guests::supervisor::{Action, Exit, Verdict};
-use crate::guests::{Guest, StartContext, MAX_GUESTS};
+use crate::guests::{Guest, Start, StartContext, MAX_GUESTS};
 use crate::host::host_setup::{self, HostContext, HostState};
 use crate::host::net::Netlink;
 use crate::host::{cgroup, data_mounts};
@@ -177,7 +177,9 @@ impl Init {
         if let Some(s) = &self.shutdown {
             next = next.min(s.deadline());
         }
-        for g in &self.guests {
+        // A guest whose disk images are being made waits for its token:
+        // its due start would otherwise spin the loop.
+        for g in self.guests.iter().filter(|g| !g.is_provisioning()) {
             if let Some(d) = g.sup.deadline() {
                 next = next.min(d);
             }
@@ -188,6 +190,7 @@ impl Init {
     fn dispatch(&mut self, token: u64) {
         match Token::decode(token) {
             Some(Token::Fetch) => self.fetch_done(Instant::now()),
+            Some(Token::Provision(index)) => self.provision_done(index, Instant::now()),
             Some(Token::Signal) => {
                 while let Ok(Some(info)) = self.signals.read_signal() {
                     match signals::classify(info.ssi_signo) {
@@ -292,6 +295,9 @@ impl Init {
         let Some(guest) = self.guests.get_mut(index) else {
             return;
         };
+        if guest.is_provisioning() {
+            return;
+        }
         let mut ctx = StartContext {
             netlink: self.netlink.as_mut(),
             cgroup_base: self.cgroup_base.as_deref(),
@@ -302,7 +308,15 @@ impl Init {
             now,
         };
         match guest.start(&mut ctx) {
-            Ok(started) => {
+            Ok(Start::Provisioning) => {
+                if let Some(fd) = guest.provisioning_fd() {
+                    if let Err(e) = self.epoll.add(fd, Token::Provision(index).event()) {
+                        log::error!("guest {}: epoll: {e}", guest.name());
+                    }
+                }
+                log::info!("{}", guest.status_line());
+            }
+            Ok(Start::Spawned(started)) => {
                 for (file, stderr) in [(&started.stdout, false), (&started.stderr, true)] {
                     let token = Token::Guest { index, stderr };
                     if let Err(e) = self.epoll.add(file.as_fd(), token.event()) {
@@ -313,6 +327,26 @@ impl Init {
                 guest.stderr = Some(started.stderr);
                 log::info!("{}", guest.status_line());
             }
+            Err(e) => {
+                log::error!("guest {}: cannot start: {e}", guest.name());
+                let verdict = guest.sup.exited(Exit::SpawnFailed, now);
+                report_exit(guest, Exit::SpawnFailed, verdict);
+            }
+        }
+    }
+
+    /// A guest's disk images are made (or failed): start it, unless the
+    /// host is going down.
+    fn provision_done(&mut self, index: usize, now: Instant) {
+        let Some(guest) = self.guests.get_mut(index) else {
+            return;
+        };
+        if let Some(fd) = guest.provisioning_fd() {
+            let _ = self.epoll.delete(fd);
+        }
+        match guest.provisioned() {
+            Ok(()) if self.shutdown.is_none() => self.start_guest(index, now),
+            Ok(()) => {}
             Err(e) => {
                 log::error!("guest {}: cannot start: {e}", guest.name());
                 let verdict = guest.sup.exited(Exit::SpawnFailed, now);
@@ -437,6 +471,7 @@ impl Init {
         let (shutdown, notice) = Shutdown::begin(action, timeout, running(&self.guests).len(), now);
         notice.log();
         for g in &mut self.guests {
+            g.cancel_provisioning();
             if let Some(pid) = g.sup.begin_shutdown() {
                 if let Err(e) = kill(Pid::from_raw(pid), Signal::SIGTERM) {
                     log::warn!("guest {}: SIGTERM: {e}", g.name());
@@ -472,7 +507,10 @@ impl Init {
         }
     }
 
-    fn finish_shutdown(self) {
+    fn finish_shutdown(mut self) {
+        for g in &mut self.guests {
+            g.abandon_provisioning();
+        }
         nix::unistd::sync();
         data_mounts::unmount_all(&self.host_state.data_mounts);
         if let Some(m) = self.config.mounted() {

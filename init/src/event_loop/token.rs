@@ -9,6 +9,8 @@ pub enum Token {
     Signal,
     /// The config fetch thread ended.
     Fetch,
+    /// The creation of guest `i`'s disk images ended.
+    Provision(usize),
     /// Power button `i` of those opened at start.
     Button(usize),
     /// A guest's vmm wrote to its stdout or stderr.
@@ -20,6 +22,7 @@ pub enum Token {
 
 const TOKEN_SIGNAL: u64 = 0;
 const TOKEN_FETCH: u64 = 1;
+const TOKEN_PROVISION: u64 = 1 << 8;
 const TOKEN_BUTTON: u64 = 1 << 16;
 const TOKEN_GUEST: u64 = 1 << 32;
 
@@ -30,6 +33,9 @@ impl Token {
         match self {
             Token::Signal => TOKEN_SIGNAL,
             Token::Fetch => TOKEN_FETCH,
+            Token::Provision(i) => {
+                TOKEN_PROVISION + wide(i).min(TOKEN_BUTTON - TOKEN_PROVISION - 1)
+            }
             Token::Button(i) => TOKEN_BUTTON + wide(i).min(TOKEN_GUEST - TOKEN_BUTTON - 1),
             Token::Guest { index, stderr } => {
                 TOKEN_GUEST | (wide(index).min(u64::MAX >> 2) << 1) | u64::from(stderr)
@@ -47,6 +53,7 @@ impl Token {
                 stderr: t & 1 == 1,
             }),
             t if t >= TOKEN_BUTTON => Some(Token::Button(narrow(t - TOKEN_BUTTON)?)),
+            t if t >= TOKEN_PROVISION => Some(Token::Provision(narrow(t - TOKEN_PROVISION)?)),
             _ => None,
         }
     }
@@ -67,6 +74,8 @@ mod tests {
             Token::Fetch,
             Token::Button(0),
             Token::Button(7),
+            Token::Provision(0),
+            Token::Provision(crate::guests::MAX_GUESTS - 1),
             Token::Guest {
                 index: 0,
                 stderr: false,

@@ -115,7 +115,10 @@ pub fn open(path: &Path, read_only: bool, rules: &Rules) -> Result<File, DiskErr
 }
 
 /// The data mount `path` lies beneath, and the rest of the path.
-fn beneath_data_mount<'p>(path: &'p Path, mounts: &'p [PathBuf]) -> Option<(&'p Path, &'p Path)> {
+pub(super) fn beneath_data_mount<'p>(
+    path: &'p Path,
+    mounts: &'p [PathBuf],
+) -> Option<(&'p Path, &'p Path)> {
     mounts
         .iter()
         .filter_map(|m| {
@@ -158,12 +161,12 @@ fn open_flags(read_only: bool) -> libc::c_int {
     access | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK
 }
 
-fn cstring(path: &Path) -> io::Result<CString> {
+pub(super) fn cstring(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
 }
 
-fn owned(fd: libc::c_long) -> io::Result<OwnedFd> {
+pub(super) fn owned(fd: libc::c_long) -> io::Result<OwnedFd> {
     let fd = RawFd::try_from(fd).map_err(|_| io::Error::other("fd out of range"))?;
     if fd < 0 {
         return Err(io::Error::last_os_error());
@@ -172,7 +175,7 @@ fn owned(fd: libc::c_long) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn openat(dir: RawFd, name: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
+pub(super) fn openat(dir: RawFd, name: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
     let name = cstring(name)?;
     // SAFETY: a valid NUL-terminated path and a dir fd we hold.
     let fd = unsafe { libc::openat(dir, name.as_ptr(), flags) };
@@ -230,7 +233,35 @@ fn walk_beneath(dir: RawFd, rel: &Path, flags: libc::c_int) -> io::Result<OwnedF
     openat(at, Path::new(last), flags | libc::O_NOFOLLOW)
 }
 
-fn open_file(path: &Path, mount: &Path, rel: &Path, read_only: bool) -> Result<File, DiskError> {
+/// `rel` opened beneath `dir` with `flags`, no symlink followed: with
+/// openat2, or the component walk where the kernel lacks it. ELOOP or
+/// EXDEV when the path would leave `dir`.
+pub(super) fn open_beneath(dir: RawFd, rel: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
+    match openat2_beneath(dir, rel, flags) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => walk_beneath(dir, rel, flags),
+        other => other,
+    }
+}
+
+/// Opens data mount `mount` itself, as the anchor of [`open_beneath`].
+pub(super) fn open_mount(mount: &Path) -> io::Result<OwnedFd> {
+    let root = cstring(mount)?;
+    // SAFETY: a valid NUL-terminated path.
+    let dir = unsafe {
+        libc::open(
+            root.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    owned(libc::c_long::from(dir))
+}
+
+pub(super) fn open_file(
+    path: &Path,
+    mount: &Path,
+    rel: &Path,
+    read_only: bool,
+) -> Result<File, DiskError> {
     let fail = |error: io::Error| match error.raw_os_error() {
         // openat2's answers for a symlink, '..' or a magic link.
         Some(libc::ELOOP | libc::EXDEV) => DiskError::Escapes {
@@ -242,23 +273,8 @@ fn open_file(path: &Path, mount: &Path, rel: &Path, read_only: bool) -> Result<F
             error,
         },
     };
-    let root = cstring(mount).map_err(fail)?;
-    // SAFETY: a valid NUL-terminated path.
-    let dir = unsafe {
-        libc::open(
-            root.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    let dir = owned(libc::c_long::from(dir)).map_err(fail)?;
-    let flags = open_flags(read_only);
-    let fd = match openat2_beneath(dir.as_raw_fd(), rel, flags) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
-            walk_beneath(dir.as_raw_fd(), rel, flags)
-        }
-        other => other,
-    }
-    .map_err(fail)?;
+    let dir = open_mount(mount).map_err(fail)?;
+    let fd = open_beneath(dir.as_raw_fd(), rel, open_flags(read_only)).map_err(fail)?;
     let file = File::from(fd);
     let meta = file.metadata().map_err(fail)?;
     if !meta.file_type().is_file() {
@@ -377,7 +393,7 @@ fn check_block(
 }
 
 /// Takes the OFD lock for the whole file: shared when read-only.
-fn lock(file: &File, read_only: bool) -> io::Result<()> {
+pub(super) fn lock(file: &File, read_only: bool) -> io::Result<()> {
     // SAFETY: flock is plain integers; all zero is a valid value.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     let kind = if read_only {

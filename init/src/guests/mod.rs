@@ -4,6 +4,7 @@
 
 pub mod disk;
 pub mod jail;
+pub mod provision;
 pub mod supervisor;
 
 use std::fs::{self, File};
@@ -62,6 +63,16 @@ pub struct StartContext<'a> {
     pub now: Instant,
 }
 
+/// What [`Guest::start`] did.
+pub enum Start {
+    /// The vmm runs: the caller watches its pipes.
+    Spawned(Started),
+    /// Disk images are being created first, on a thread: the caller
+    /// watches [`Guest::provisioning_fd`], then calls
+    /// [`Guest::provisioned`] and starts the guest again.
+    Provisioning,
+}
+
 /// The read ends of a started vmm's output pipes.
 pub struct Started {
     pub stdout: File,
@@ -78,6 +89,8 @@ pub struct Guest {
     out_lines: LineSplitter,
     err_lines: LineSplitter,
     log: Option<ConsoleLog>,
+    /// The creation of missing disk images, while it runs.
+    provisioning: Option<provision::Pending>,
 }
 
 fn pipe() -> io::Result<(File, File)> {
@@ -114,6 +127,7 @@ impl Guest {
             out_lines: LineSplitter::new(&prefix),
             err_lines: LineSplitter::new(&err_prefix),
             log,
+            provisioning: None,
         }
     }
 
@@ -144,6 +158,7 @@ impl Guest {
         let state = self.sup.state();
         let pid = state.pid().map_or("-".to_string(), |p| p.to_string());
         let extra = match state {
+            _ if self.provisioning.is_some() => ", creating disk images".to_string(),
             State::BackingOff { until } => {
                 let wait = until.saturating_duration_since(Instant::now());
                 // Rounded up, so a start due within the second says 1 s.
@@ -257,8 +272,140 @@ impl Guest {
         }
     }
 
-    /// Starts the vmm. On success the caller watches the returned pipes.
-    pub fn start(&mut self, ctx: &mut StartContext) -> io::Result<Started> {
+    /// The images of `size_gib`/`base` disks that do not exist yet. An
+    /// existing one is used as it is; smaller than size_gib, it is not
+    /// grown (its partition table and file system would not follow).
+    fn missing_images(&self, mounts: &[PathBuf]) -> io::Result<Vec<provision::Request>> {
+        let mut missing = Vec::new();
+        for (i, d) in self.config.disks.iter().enumerate() {
+            let Some(p) = &d.provision else { continue };
+            let DiskSource::Path(path) = &d.path else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "disk {} of {}: {} cannot be provisioned: only a file path can",
+                        i + 1,
+                        self.config.file.display(),
+                        d.path
+                    ),
+                ));
+            };
+            match provision::existing_len(path, mounts) {
+                Ok(Some(len)) => {
+                    if let Some(size) = p.size_bytes().filter(|&s| s > len) {
+                        log::info!(
+                            "guest {}: disk {}: {} is {len} bytes, less than size_gib = {}                              ({size} bytes): used as it is, not grown (the guest's partition                              table and file system would not follow)",
+                            self.config.name,
+                            i + 1,
+                            path.display(),
+                            p.size_gib.unwrap_or_default()
+                        );
+                    }
+                }
+                Ok(None) => missing.push(provision::Request {
+                    disk: i,
+                    path: path.clone(),
+                    provision: p.clone(),
+                }),
+                Err(e) => return Err(self.provision_error(i, &e)),
+            }
+        }
+        Ok(missing)
+    }
+
+    fn provision_error(&self, i: usize, e: &provision::ProvisionError) -> io::Error {
+        let kind = match e {
+            provision::ProvisionError::Create { error, .. } => error.kind(),
+            _ => io::ErrorKind::InvalidInput,
+        };
+        io::Error::new(
+            kind,
+            format!(
+                "disk {} of {}: cannot provision: {e}",
+                i + 1,
+                self.config.file.display()
+            ),
+        )
+    }
+
+    /// Whether disk images are being created for the next start.
+    pub fn is_provisioning(&self) -> bool {
+        self.provisioning.is_some()
+    }
+
+    /// Readable once the disk image creation has ended.
+    pub fn provisioning_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.provisioning.as_ref().map(provision::Pending::fd)
+    }
+
+    /// Collects the ended creation: logs each image made, or returns the
+    /// first failure, naming the disk and the definition.
+    pub fn provisioned(&mut self) -> io::Result<()> {
+        let Some(pending) = self.provisioning.take() else {
+            return Ok(());
+        };
+        let Some(results) = pending.finish() else {
+            return Err(io::Error::other("the disk provisioning thread failed"));
+        };
+        for (req, result) in results {
+            let n = req.disk + 1;
+            let name = &self.config.name;
+            let path = req.path.display();
+            let base = req
+                .provision
+                .base
+                .as_ref()
+                .map(|b| b.display().to_string())
+                .unwrap_or_default();
+            match result {
+                Ok(provision::Outcome::Created { len, fill }) => {
+                    let how = match fill {
+                        provision::Fill::Blank => "blank, sparse".to_string(),
+                        provision::Fill::Cloned => format!("a reflink clone of {base}"),
+                        provision::Fill::Copied { bytes } => {
+                            format!("a sparse copy of {base}, {bytes} bytes of data")
+                        }
+                    };
+                    log::info!("guest {name}: disk {n}: created {path}, {len} bytes, {how}");
+                }
+                Ok(provision::Outcome::LostRace { len }) => log::info!(
+                    "guest {name}: disk {n}: {path} ({len} bytes) was created meanwhile by                      another start; using it, dropping this copy"
+                ),
+                Ok(provision::Outcome::Existing { .. }) => {}
+                Err(e) => return Err(self.provision_error(req.disk, &e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks a running creation to stop (host shutdown).
+    pub fn cancel_provisioning(&self) {
+        if let Some(p) = &self.provisioning {
+            p.cancel();
+        }
+    }
+
+    /// Stops a running creation and waits for its thread, so its files
+    /// on the data mounts are closed before they are unmounted.
+    pub fn abandon_provisioning(&mut self) {
+        if let Some(p) = self.provisioning.take() {
+            p.cancel();
+            let _ = p.finish();
+        }
+    }
+
+    /// Starts the vmm, or first the creation of its missing disk images.
+    pub fn start(&mut self, ctx: &mut StartContext) -> io::Result<Start> {
+        if self.provisioning.is_some() {
+            return Ok(Start::Provisioning);
+        }
+        let missing = self.missing_images(ctx.data_mounts)?;
+        if !missing.is_empty() {
+            let pending = provision::Pending::spawn(missing, ctx.data_mounts.to_vec())
+                .map_err(|e| io::Error::new(e.kind(), format!("disk provisioning thread: {e}")))?;
+            self.provisioning = Some(pending);
+            return Ok(Start::Provisioning);
+        }
         self.ensure_taps(ctx.netlink.as_deref_mut())?;
         let disks: Vec<File> = (0..self.config.disks.len())
             .map(|i| self.open_disk(i, ctx))
@@ -324,10 +471,10 @@ impl Guest {
             self.config.name,
             self.uid()
         );
-        Ok(Started {
+        Ok(Start::Spawned(Started {
             stdout: out_r,
             stderr: err_r,
-        })
+        }))
     }
 
     /// The files the vmm may see, at their canonical paths.
@@ -430,6 +577,7 @@ mod tests {
             out_lines: LineSplitter::new("[web] "),
             err_lines: LineSplitter::new("[web] vmm: "),
             log: None,
+            provisioning: None,
             config,
         }
     }
