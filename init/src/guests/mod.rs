@@ -711,4 +711,124 @@ mod tests {
         let err = open(&guest, &BootMedium::default()).expect_err("no device");
         assert_eq!(err.to_string(), "disk LABEL=nothere: no such device");
     }
+
+    /// Starts `guest` with `mounts` as data mounts until it has to spawn
+    /// (which a test cannot) or fails: the provisioning half of `start`.
+    fn provision(guest: &mut Guest, mounts: &[PathBuf]) -> io::Result<()> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let boot = BootMedium::default();
+        let mut devices = DeviceCache::new(Path::new("/nonexistent"), Path::new("/dev"));
+        let mut ctx = StartContext {
+            netlink: None,
+            cgroup_base: None,
+            boot_medium: &boot,
+            devices: &mut devices,
+            data_mounts: mounts,
+            shutdown_timeout_s: 30,
+            now: Instant::now(),
+        };
+        match guest.start(&mut ctx) {
+            Ok(Start::Provisioning) => {}
+            Ok(Start::Spawned(_)) => panic!("spawned"),
+            Err(e) => return Err(e),
+        }
+        assert!(guest.is_provisioning());
+        assert!(guest.status_line().ends_with(", creating disk images"));
+        // A start asked for meanwhile does not start a second thread.
+        assert!(matches!(guest.start(&mut ctx), Ok(Start::Provisioning)));
+        let fd = guest.provisioning_fd().expect("fd");
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        assert_eq!(
+            poll(&mut fds, PollTimeout::from(10_000u16)).expect("poll"),
+            1
+        );
+        let done = guest.provisioned();
+        assert!(!guest.is_provisioning());
+        done
+    }
+
+    fn provisioned_guest(disk: &str) -> Guest {
+        let mut guest = guest_with_disk(Path::new("/x"), false);
+        let text = format!("[boot]\nkernel = \"k\"\n[[disk]]\n{disk}");
+        guest.config =
+            hvconfig::parse_guest(Path::new("/cfg/guests/web.toml"), &text).expect("valid");
+        guest
+    }
+
+    #[test]
+    fn a_missing_image_is_created_before_the_start_and_then_used() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mounts = vec![dir.path().to_path_buf()];
+        let img = dir.path().join("web.img");
+        let mut guest = provisioned_guest(&format!("path = \"{}\"\nsize_gib = 2\n", img.display()));
+        provision(&mut guest, &mounts).expect("created");
+        assert_eq!(fs::metadata(&img).expect("stat").len(), 2 << 30);
+        // The next start finds it and goes on to the disks (and fails
+        // later, at the taps or the jail, which a test has not).
+        assert!(guest.missing_images(&mounts).expect("stat").is_empty());
+        let boot = BootMedium::default();
+        let mut devices = DeviceCache::new(Path::new("/nonexistent"), Path::new("/dev"));
+        let mut ctx = StartContext {
+            netlink: None,
+            cgroup_base: None,
+            boot_medium: &boot,
+            devices: &mut devices,
+            data_mounts: &mounts,
+            shutdown_timeout_s: 30,
+            now: Instant::now(),
+        };
+        guest
+            .open_disk(0, &mut ctx)
+            .expect("the new image opens as a disk");
+    }
+
+    #[test]
+    fn a_failed_creation_names_the_disk_and_the_definition() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mounts = vec![dir.path().to_path_buf()];
+        let base = dir.path().join("base.img");
+        File::create(&base)
+            .and_then(|f| f.set_len(2 << 30))
+            .expect("base");
+        let img = dir.path().join("web.img");
+        let mut guest = provisioned_guest(&format!(
+            "path = \"{}\"\nsize_gib = 1\nbase = \"{}\"\n",
+            img.display(),
+            base.display()
+        ));
+        let err = provision(&mut guest, &mounts).expect_err("too large");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "disk 1 of /cfg/guests/web.toml: cannot provision: base {}: is 2147483648 \
+                 bytes, larger than size_gib = 1 (1073741824 bytes); raise size_gib or drop \
+                 it to use the base's size",
+                base.display()
+            )
+        );
+        assert!(!img.exists());
+        // Outside the data mounts it fails at once, before any thread.
+        let mut guest = provisioned_guest("path = \"/srv/web.img\"\nsize_gib = 1\n");
+        let boot = BootMedium::default();
+        let mut devices = DeviceCache::new(Path::new("/nonexistent"), Path::new("/dev"));
+        let mut ctx = StartContext {
+            netlink: None,
+            cgroup_base: None,
+            boot_medium: &boot,
+            devices: &mut devices,
+            data_mounts: &mounts,
+            shutdown_timeout_s: 30,
+            now: Instant::now(),
+        };
+        let err = guest.start(&mut ctx).err().expect("refused");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "disk 1 of /cfg/guests/web.toml: cannot provision: /srv/web.img: size_gib and \
+                 base create an image only beneath a data mount ({})",
+                dir.path().display()
+            )
+        );
+        assert!(!guest.is_provisioning());
+    }
 }
