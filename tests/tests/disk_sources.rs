@@ -8,6 +8,11 @@
 //! - `link`: a symlink on the data disk pointing out of /data, refused;
 //! - `twin1` and `twin2`: one image named by both: the first to start
 //!   gets it, the other is refused while the first runs;
+//! - `copy`: an image that does not exist, with `size_gib` and a `base` on
+//!   the data disk: init creates it as a sparse copy (ext4 has no
+//!   reflinks) before the guest starts, and the guest reads the base's
+//!   first line;
+//! - `outside`: `size_gib` for an image outside the data mounts: refused;
 //!
 //! and a second disk carries a FAT file system labelled HVCONFIG (as a
 //! guest could write on its raw disk) with a guest of its own: the boot
@@ -26,7 +31,7 @@ use hv_tests::rig::Cpio;
 use hv_tests::{artefact, Qemu};
 
 const BOOT_TO_INIT: Duration = Duration::from_secs(180);
-/// Three nested guests booting at once on two emulated CPUs.
+/// Four nested guests booting at once on two emulated CPUs.
 const GUESTS_UP: Duration = Duration::from_secs(300);
 
 const HOST_TOML: &str = r#"hostname = "disks"
@@ -39,6 +44,11 @@ target = "/data"
 /// A guest whose only disk is `disk`; its /init prints the disk's first
 /// line, then idles.
 fn guest(name: &str, disk: &str) -> String {
+    guest_with(name, &format!("path = \"{disk}\""))
+}
+
+/// A guest whose only `[[disk]]` table holds `keys`.
+fn guest_with(name: &str, keys: &str) -> String {
     format!(
         r#"[machine]
 memory_mib = 96
@@ -49,7 +59,7 @@ initrd = "../e2e/initrd.img"
 cmdline = "console=ttyS0 quiet hv_name={name}"
 
 [[disk]]
-path = "{disk}"
+{keys}
 
 [lifecycle]
 restart = "never"
@@ -126,11 +136,25 @@ fn disks_outside_data_mounts_shared_images_and_a_foreign_hvconfig_are_refused(
     for (name, disk) in guests {
         config.write(&format!("guests/{name}.toml"), &guest(name, disk));
     }
+    let provisioned = [
+        (
+            "copy",
+            "path = \"/data/copy.img\"\nsize_gib = 1\nbase = \"/data/base.img\"",
+        ),
+        ("outside", "path = \"/srv/outside.img\"\nsize_gib = 1"),
+    ];
+    for (name, keys) in provisioned {
+        config.write(&format!("guests/{name}.toml"), &guest_with(name, keys));
+    }
 
     // The data disk: good's and the twins' images, and a symlink out.
     let files = dir.path().join("data");
     fs::create_dir(&files).expect("mkdir");
-    for (name, line) in [("good.img", "disk-good"), ("shared.img", "disk-shared")] {
+    for (name, line) in [
+        ("good.img", "disk-good"),
+        ("shared.img", "disk-shared"),
+        ("base.img", "disk-base"),
+    ] {
         let mut bytes = format!("{line}\n").into_bytes();
         bytes.resize(1 << 20, 0);
         fs::write(files.join(name), bytes).expect("writing a disk image");
@@ -169,7 +193,7 @@ fn disks_outside_data_mounts_shared_images_and_a_foreign_hvconfig_are_refused(
         .fail_on(r"^\[example\] ")
         .fail_on(r"^\[evil\] ")
         .fail_on(r"guest evil: ")
-        .fail_on(r"^\[(run|sys|proc|devnull|link)\] ")
+        .fail_on(r"^\[(run|sys|proc|devnull|link|outside)\] ")
         .spawn()?;
     vm.wait_for(r"^hv-init 0\.1\.0\b", BOOT_TO_INIT)?;
     vm.wait_for(
@@ -187,6 +211,9 @@ fn disks_outside_data_mounts_shared_images_and_a_foreign_hvconfig_are_refused(
             r"guest twin2: cannot start: disk 1 refused: /data/shared\.img: in use by another guest's vmm \(locked\)",
             r"^\[good\] hv-e2e: good: disk says disk-good$",
             r"^\[twin1\] hv-e2e: twin1: disk says disk-shared$",
+            r"guest copy: disk 1: created /data/copy\.img, 1073741824 bytes, a sparse copy of /data/base\.img, \d+ bytes of data$",
+            r"^\[copy\] hv-e2e: copy: disk says disk-base$",
+            r"guest outside: cannot start: disk 1 of \S*guests/outside\.toml: cannot provision: /srv/outside\.img: size_gib and base create an image only beneath a data mount \(/data\)",
         ],
         GUESTS_UP,
     )?;
