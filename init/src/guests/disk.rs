@@ -16,6 +16,10 @@
 //! its copy once the vmm has been spawned, so the lock is held exactly as
 //! long as the vmm runs, and a second guest (or a second vmm of the same
 //! guest) naming the same image is refused.
+//!
+//! An image the definition asks to be created (`size_gib`, `base`) is made
+//! by [`super::provision`] before this runs, with the same beneath-the-mount
+//! opens ([`open_beneath`], [`open_file`]).
 
 use std::ffi::CString;
 use std::fs::{self, File};
