@@ -158,7 +158,8 @@ impl Guest {
         let state = self.sup.state();
         let pid = state.pid().map_or("-".to_string(), |p| p.to_string());
         let extra = match state {
-            _ if self.provisioning.is_some() => ", creating disk images".to_string(),
+            // Its start is due, but waits for its disk images.
+            _ if self.provisioning.is_some() => String::new(),
             State::BackingOff { until } => {
                 let wait = until.saturating_duration_since(Instant::now());
                 // Rounded up, so a start due within the second says 1 s.
@@ -167,10 +168,14 @@ impl Guest {
             }
             _ => String::new(),
         };
+        let name = if self.provisioning.is_some() {
+            "creating disk images"
+        } else {
+            state.name()
+        };
         format!(
-            "guest {}: {}, restarts {}, pid {pid}{extra}",
+            "guest {}: {name}, restarts {}, pid {pid}{extra}",
             self.config.name,
-            state.name(),
             self.sup.restarts()
         )
     }
@@ -733,7 +738,10 @@ mod tests {
             Err(e) => return Err(e),
         }
         assert!(guest.is_provisioning());
-        assert!(guest.status_line().ends_with(", creating disk images"));
+        assert_eq!(
+            guest.status_line(),
+            "guest web: creating disk images, restarts 0, pid -"
+        );
         // A start asked for meanwhile does not start a second thread.
         assert!(matches!(guest.start(&mut ctx), Ok(Start::Provisioning)));
         let fd = guest.provisioning_fd().expect("fd");
