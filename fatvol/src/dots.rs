@@ -32,9 +32,9 @@ fn fix_dots(dir: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::epoch::DEFAULT_EPOCH;
-    use crate::fat::dirs::Geometry;
-    use crate::fat::{build, FatClock, FatFile, VolumeSpec};
+    use crate::dirs::Geometry;
+    use crate::TEST_EPOCH as DEFAULT_EPOCH;
+    use crate::{build, FatClock, FatFile, VolumeSpec};
 
     #[test]
     fn every_directory_starts_with_dot_and_dotdot() {

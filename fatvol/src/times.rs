@@ -40,8 +40,8 @@ pub fn restamp(volume: &mut [u8], clock: &FatClock) -> Result<(), DirError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::epoch::DEFAULT_EPOCH;
-    use crate::fat::{build, FatFile, VolumeSpec};
+    use crate::TEST_EPOCH as DEFAULT_EPOCH;
+    use crate::{build, FatFile, VolumeSpec};
 
     fn volume(clock: &'static FatClock) -> Vec<u8> {
         let files = [

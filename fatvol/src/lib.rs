@@ -1,5 +1,6 @@
-//! FAT volumes built in memory: the EFI system partition and the HVCONFIG
-//! partition.
+//! FAT volumes built in memory: the image's EFI system partition and
+//! HVCONFIG partition (hv-image), and the cloud-init seed disk (vmm). One
+//! FAT writer for the project, so every volume gets the same fix-ups.
 //!
 //! fatfs formats the volume and writes the files; the submodules then work
 //! on the raw bytes: `dirs` finds every directory, `dots` repairs the
@@ -9,15 +10,24 @@
 mod clock;
 mod dirs;
 mod dots;
-pub(crate) mod times;
+pub mod times;
 
 use std::io::{self, Cursor, Read, Write};
 
 use fatfs::{FileSystem, FormatVolumeOptions, FsOptions};
 
-use crate::budget::MIB;
+/// The fatfs this crate builds on, for callers that read a volume back or
+/// edit one in place; one version for the whole project.
+pub use fatfs;
+
 pub use clock::FatClock;
 pub use dirs::DirError;
+
+pub const MIB: u64 = 1024 * 1024;
+
+/// 2024-01-01T00:00:00Z, for tests that need some fixed build time.
+#[cfg(test)]
+pub(crate) const TEST_EPOCH: u32 = 1_704_067_200;
 
 /// Why a volume could not be built or read.
 #[derive(Debug, thiserror::Error)]
@@ -250,7 +260,7 @@ mod tests {
     use super::*;
 
     fn clock() -> &'static FatClock {
-        FatClock::leak(crate::epoch::DEFAULT_EPOCH)
+        FatClock::leak(crate::TEST_EPOCH)
     }
 
     fn spec(min_size: u64, slack: u64) -> VolumeSpec<'static> {
