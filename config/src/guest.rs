@@ -6,6 +6,7 @@ use std::io;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
+use crate::cloud_init::{self, CloudInit};
 use crate::device::{Context, DeviceSource};
 use crate::error::{ConfigError, Position, Source};
 use crate::fields::{parse_document, Fields, Str};
@@ -42,6 +43,8 @@ pub struct GuestConfig {
     pub nets: Vec<Net>,
     pub rng: Rng,
     pub lifecycle: Lifecycle,
+    /// The cloud-init NoCloud seed the vmm presents as an extra disk.
+    pub cloud_init: Option<CloudInit>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -161,18 +164,26 @@ impl GuestConfig {
 }
 
 impl GuestConfig {
-    /// The kernel and initrd half of [`GuestConfig::check_files`]: what a
-    /// jailed vmm can check, since init hands it the disks as fds.
+    /// The kernel, initrd and cloud-init half of [`GuestConfig::check_files`]:
+    /// what a jailed vmm can check, since init hands it the disks as fds.
     pub fn check_boot_files(&self) -> Result<(), ConfigError> {
         check_file(&self.file, "kernel", &self.boot.kernel, false)?;
         if let Some(initrd) = &self.boot.initrd {
             check_file(&self.file, "initrd", initrd, false)?;
         }
+        if let Some(seed) = &self.cloud_init {
+            seed.check_files(&self.file)?;
+        }
         Ok(())
     }
 }
 
-fn check_file(def: &Path, what: &str, path: &Path, block_ok: bool) -> Result<(), ConfigError> {
+pub(crate) fn check_file(
+    def: &Path,
+    what: &str,
+    path: &Path,
+    block_ok: bool,
+) -> Result<(), ConfigError> {
     let fail = |problem: String| {
         ConfigError::new(def, None, format!("{what} {}: {problem}", path.display()))
     };
@@ -221,7 +232,15 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<GuestConfig, ConfigError>
         doc.get_ref(),
         None,
         "the top level",
-        &["machine", "boot", "disk", "net", "rng", "lifecycle"],
+        &[
+            "machine",
+            "boot",
+            "disk",
+            "net",
+            "rng",
+            "lifecycle",
+            "cloud_init",
+        ],
     )?;
     let base = path.parent().unwrap_or(Path::new(""));
 
@@ -247,6 +266,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<GuestConfig, ConfigError>
         Some(f) => lifecycle(&f)?,
         None => Lifecycle::default(),
     };
+    let cloud_init = cloud_init::parse(&root, base, &name)?;
 
     Ok(GuestConfig {
         name,
@@ -257,6 +277,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<GuestConfig, ConfigError>
         nets,
         rng,
         lifecycle,
+        cloud_init,
     })
 }
 
@@ -290,7 +311,11 @@ fn machine(f: &Fields<'_, '_, '_>) -> Result<Machine, ConfigError> {
 }
 
 /// A file path as written, checked for things no file system accepts.
-fn path_value(f: &Fields<'_, '_, '_>, key: &str, s: &Str<'_>) -> Result<(), ConfigError> {
+pub(crate) fn path_value(
+    f: &Fields<'_, '_, '_>,
+    key: &str,
+    s: &Str<'_>,
+) -> Result<(), ConfigError> {
     if s.value.is_empty() {
         return Err(f
             .source()

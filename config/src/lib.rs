@@ -9,6 +9,7 @@
 // Linked into PID 1 and the vmm, which must not panic on what they read.
 #![warn(clippy::indexing_slicing)]
 
+pub mod cloud_init;
 pub mod device;
 mod error;
 mod fields;
@@ -21,6 +22,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::Path;
 
+pub use cloud_init::CloudInit;
 pub use device::DeviceSource;
 pub use error::{ConfigError, Position};
 pub use guest::GuestConfig;
