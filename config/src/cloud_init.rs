@@ -74,35 +74,33 @@ impl CloudInit {
         &self,
         definition: &Path,
     ) -> Result<Vec<(&'static str, Vec<u8>)>, ConfigError> {
-        let mut out = Vec::with_capacity(2);
+        self.open_files(definition)?.read()
+    }
+
+    /// Opens the seed files without reading them: the vmm opens them
+    /// before it drops its privileges, like the kernel, and reads them
+    /// after.
+    pub fn open_files(&self, definition: &Path) -> Result<SeedFiles, ConfigError> {
+        let mut files = Vec::with_capacity(2);
         for (name, what, path) in self.entries() {
-            let fail = |problem: String| {
+            let file = File::open(path).map_err(|e| {
                 ConfigError::new(
                     definition,
                     None,
-                    format!("{what} {}: {problem}", path.display()),
+                    format!("{what} {}: cannot open: {e}", path.display()),
                 )
-            };
-            let file = File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
-            let mut data = Vec::new();
-            // One byte past the cap tells "at the cap" from "over it".
-            file.take(MAX_SEED_FILE_SIZE + 1)
-                .read_to_end(&mut data)
-                .map_err(|e| fail(format!("cannot read: {e}")))?;
-            if data.len() as u64 > MAX_SEED_FILE_SIZE {
-                return Err(too_large(
-                    definition,
-                    what,
-                    path,
-                    &format!("more than {MAX_SEED_FILE_SIZE}"),
-                ));
-            }
-            if data.is_empty() {
-                return Err(fail("file is empty".into()));
-            }
-            out.push((name, data));
+            })?;
+            files.push(OpenSeedFile {
+                name,
+                what,
+                path: path.to_path_buf(),
+                file,
+            });
         }
-        Ok(out)
+        Ok(SeedFiles {
+            definition: definition.to_path_buf(),
+            files,
+        })
     }
 
     /// Each file: its name on the seed volume, its key (for messages), its
@@ -121,6 +119,58 @@ impl CloudInit {
             ));
         }
         files
+    }
+}
+
+/// The seed files of a definition, opened by [`CloudInit::open_files`].
+#[derive(Debug)]
+pub struct SeedFiles {
+    definition: PathBuf,
+    files: Vec<OpenSeedFile>,
+}
+
+#[derive(Debug)]
+struct OpenSeedFile {
+    name: &'static str,
+    what: &'static str,
+    path: PathBuf,
+    file: File,
+}
+
+impl SeedFiles {
+    /// Each file's name on the seed volume and its bytes, `user-data`
+    /// first; a file over [`MAX_SEED_FILE_SIZE`] or empty is refused.
+    pub fn read(self) -> Result<Vec<(&'static str, Vec<u8>)>, ConfigError> {
+        let mut out = Vec::with_capacity(self.files.len());
+        for seed in self.files {
+            let (what, path) = (seed.what, seed.path.as_path());
+            let fail = |problem: String| {
+                ConfigError::new(
+                    &self.definition,
+                    None,
+                    format!("{what} {}: {problem}", path.display()),
+                )
+            };
+            let mut data = Vec::new();
+            // One byte past the cap tells "at the cap" from "over it".
+            seed.file
+                .take(MAX_SEED_FILE_SIZE + 1)
+                .read_to_end(&mut data)
+                .map_err(|e| fail(format!("cannot read: {e}")))?;
+            if data.len() as u64 > MAX_SEED_FILE_SIZE {
+                return Err(too_large(
+                    &self.definition,
+                    what,
+                    path,
+                    &format!("more than {MAX_SEED_FILE_SIZE}"),
+                ));
+            }
+            if data.is_empty() {
+                return Err(fail("file is empty".into()));
+            }
+            out.push((seed.name, data));
+        }
+        Ok(out)
     }
 }
 
