@@ -103,6 +103,14 @@ impl CloudInit {
         })
     }
 
+    /// Each file by its key, for messages, and its path.
+    pub(crate) fn key_files(&self) -> Vec<(&'static str, &Path)> {
+        self.entries()
+            .into_iter()
+            .map(|(_, what, path)| (what, path))
+            .collect()
+    }
+
     /// Each file: its name on the seed volume, its key (for messages), its
     /// path.
     fn entries(&self) -> Vec<(&'static str, &'static str, &Path)> {

@@ -163,7 +163,43 @@ impl GuestConfig {
     }
 }
 
+/// A file a definition points at besides its disks: what init binds into
+/// the vmm's jail, fetches from a config server and checks against a
+/// signed SHA256SUMS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootFile<'a> {
+    /// How messages name it: "kernel", "initrd", "cloud_init user_data", ...
+    pub what: &'static str,
+    pub path: &'a Path,
+    /// The largest size the vmm accepts, when the format has one.
+    pub max_size: Option<u64>,
+}
+
 impl GuestConfig {
+    /// The kernel, the initrd and the cloud-init seed files, in that order.
+    pub fn boot_files(&self) -> Vec<BootFile<'_>> {
+        let mut files = vec![BootFile {
+            what: "kernel",
+            path: &self.boot.kernel,
+            max_size: None,
+        }];
+        if let Some(initrd) = &self.boot.initrd {
+            files.push(BootFile {
+                what: "initrd",
+                path: initrd,
+                max_size: None,
+            });
+        }
+        if let Some(seed) = &self.cloud_init {
+            files.extend(seed.key_files().into_iter().map(|(what, path)| BootFile {
+                what,
+                path,
+                max_size: Some(cloud_init::MAX_SEED_FILE_SIZE),
+            }));
+        }
+        files
+    }
+
     /// The kernel, initrd and cloud-init half of [`GuestConfig::check_files`]:
     /// what a jailed vmm can check, since init hands it the disks as fds.
     pub fn check_boot_files(&self) -> Result<(), ConfigError> {

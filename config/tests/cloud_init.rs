@@ -59,6 +59,41 @@ fn table_parses_with_paths_relative_to_the_definition() {
 }
 
 #[test]
+fn boot_files_list_the_seed_files_with_their_limit() {
+    use hvconfig::guest::BootFile;
+    let g = parse(&format!(
+        "{BOOT}initrd = \"i\"\n[cloud_init]\nuser_data = \"u\"\nnetwork_config = \"n\"\n"
+    ));
+    let seed = Some(MAX_SEED_FILE_SIZE);
+    assert_eq!(
+        g.boot_files(),
+        vec![
+            BootFile {
+                what: "kernel",
+                path: Path::new("guests/web/bzImage"),
+                max_size: None
+            },
+            BootFile {
+                what: "initrd",
+                path: Path::new("guests/i"),
+                max_size: None
+            },
+            BootFile {
+                what: "cloud_init user_data",
+                path: Path::new("guests/u"),
+                max_size: seed
+            },
+            BootFile {
+                what: "cloud_init network_config",
+                path: Path::new("guests/n"),
+                max_size: seed,
+            },
+        ]
+    );
+    assert_eq!(parse(BOOT).boot_files().len(), 1);
+}
+
+#[test]
 fn absent_table_means_no_seed_and_network_config_is_optional() {
     assert_eq!(parse(BOOT).cloud_init, None);
     let g = parse(&format!("{BOOT}[cloud_init]\nuser_data = \"u\"\n"));
