@@ -7,6 +7,9 @@
 //! `.`/`..` entries fatfs 0.3 gets wrong, `times` restamps entries written
 //! by other tools, and `clock` is the build time as FAT stores it.
 
+// Linked into the vmm, which must not panic on an index.
+#![warn(clippy::indexing_slicing)]
+
 mod clock;
 mod dirs;
 mod dots;
@@ -230,7 +233,10 @@ fn label_bytes(label: &str) -> Result<[u8; 11], FatError> {
         return Err(FatError::InvalidLabel(label.into()));
     }
     let mut bytes = [b' '; 11];
-    bytes[..label.len()].copy_from_slice(label.as_bytes());
+    // At most 11 bytes, checked above.
+    for (dst, src) in bytes.iter_mut().zip(label.bytes()) {
+        *dst = src;
+    }
     Ok(bytes)
 }
 
