@@ -204,7 +204,7 @@ pub fn meta_data(instance_id: &str, local_hostname: &str) -> String {
 }
 
 /// `NAME-` and the first [`INSTANCE_ID_HEX_DIGITS`] hex digits of the
-/// SHA-256 of `definition_text`.
+/// SHA-256 of `definition_text`, the definition file's bytes.
 pub fn instance_id(name: &str, definition_text: &str) -> String {
     let digest = Sha256::digest(definition_text.as_bytes());
     let hex: String = digest
@@ -215,11 +215,13 @@ pub fn instance_id(name: &str, definition_text: &str) -> String {
     format!("{name}-{hex}")
 }
 
-/// The `[cloud_init]` table, if the definition has one.
+/// The `[cloud_init]` table, if the definition has one; `file_text` is the
+/// whole definition file, hashed into the instance-id.
 pub(crate) fn parse(
     root: &Fields<'_, '_, '_>,
     base: &Path,
     name: &str,
+    file_text: &str,
 ) -> Result<Option<CloudInit>, ConfigError> {
     let Some(f) = root.sub(
         "cloud_init",
@@ -243,7 +245,7 @@ pub(crate) fn parse(
     Ok(Some(CloudInit {
         user_data: base.join(user_data.value),
         network_config: network_config.map(|n| base.join(n.value)),
-        instance_id: instance_id(name, f.source().text),
+        instance_id: instance_id(name, file_text),
         local_hostname: name.to_string(),
     }))
 }

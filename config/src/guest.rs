@@ -257,9 +257,10 @@ pub(crate) fn check_file(
     }
 }
 
-/// Parses the guest definition `text` read from `path`; the guest's name is
-/// the file stem.
-pub(crate) fn parse(path: &Path, text: &str) -> Result<GuestConfig, ConfigError> {
+/// Parses the guest definition `text` read from `path` (all of the file: a
+/// byte order mark is dropped here); the guest's name is the file stem.
+pub(crate) fn parse(path: &Path, file_text: &str) -> Result<GuestConfig, ConfigError> {
+    let text = crate::strip_bom(file_text);
     let src = Source { path, text };
     let name = guest_name(&src)?;
     let doc = parse_document(&src)?;
@@ -302,7 +303,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<GuestConfig, ConfigError>
         Some(f) => lifecycle(&f)?,
         None => Lifecycle::default(),
     };
-    let cloud_init = cloud_init::parse(&root, base, &name)?;
+    let cloud_init = cloud_init::parse(&root, base, &name, file_text)?;
 
     Ok(GuestConfig {
         name,

@@ -43,13 +43,13 @@ pub const MAX_GUESTS: usize = 64;
 /// the directory holding `path`, and the guest is named after its file stem.
 pub fn load_guest(path: &Path) -> Result<GuestConfig, ConfigError> {
     let text = read_text(path)?;
-    guest::parse(path, strip_bom(&text))
+    guest::parse(path, &text)
 }
 
 /// Parses a guest definition held in memory (fetched over HTTP, or in
 /// tests); `path` names it in errors and anchors relative paths.
 pub fn parse_guest(path: &Path, text: &str) -> Result<GuestConfig, ConfigError> {
-    guest::parse(path, strip_bom(text))
+    guest::parse(path, text)
 }
 
 /// Reads and parses host.toml. Callers use [`HostConfig::default`] when the
@@ -160,6 +160,6 @@ fn read_text(path: &Path) -> Result<String, ConfigError> {
 
 /// Editors on other systems may start the file with a byte order mark;
 /// dropping it keeps columns on the first line right.
-fn strip_bom(text: &str) -> &str {
+pub(crate) fn strip_bom(text: &str) -> &str {
     text.strip_prefix('\u{feff}').unwrap_or(text)
 }

@@ -122,6 +122,9 @@ fn instance_id_changes_with_the_definition() {
     assert!(other.instance_id.starts_with("db-"));
     assert_eq!(other.instance_id[3..], a[4..]);
     assert_eq!(other.local_hostname, "db");
+    // The file's bytes, all of them: a byte order mark counts.
+    let bom = parse(&format!("\u{feff}{BOOT}[cloud_init]\nuser_data = \"u\"\n"));
+    assert_ne!(bom.cloud_init.unwrap().instance_id, a);
 }
 
 #[test]
