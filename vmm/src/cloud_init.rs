@@ -175,6 +175,34 @@ mod tests {
         assert_eq!(&bytes[43..54], b"CIDATA     ");
     }
 
+    /// What cloud-init's NoCloud runs to find its seed (blkid, by label
+    /// and type) and the strictest FAT checker at hand must accept the
+    /// volume. A missing tool fails the test rather than skipping it.
+    #[test]
+    fn blkid_finds_the_seed_and_fsck_fat_finds_nothing_wrong() {
+        let dir = tempfile_dir("blkid");
+        let file = dir.join("seed.img");
+        std::fs::write(&file, volume(META, &files()).unwrap()).unwrap();
+        let run = |tool: &str, args: &[&str]| {
+            let out = std::process::Command::new(tool)
+                .args(args)
+                .arg(&file)
+                .output()
+                .unwrap_or_else(|e| {
+                    panic!("running {tool}: {e} (install util-linux and dosfstools)")
+                });
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(out.status.success(), "{tool} {args:?}: {text}");
+            text
+        };
+        let probed = run("blkid", &["-p", "-o", "export"]);
+        assert!(probed.lines().any(|l| l == "LABEL=CIDATA"), "{probed}");
+        assert!(probed.lines().any(|l| l == "TYPE=vfat"), "{probed}");
+        let fsck = run("fsck.fat", &["-n"]);
+        assert_eq!(fsck.lines().count(), 2, "fsck.fat complained:\n{fsck}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     #[test]
     fn volume_without_network_config_and_is_reproducible() {
         let user = vec![("user-data", b"#!/bin/sh\necho hi\n".to_vec())];
@@ -218,7 +246,7 @@ mod tests {
 
     #[test]
     fn seed_disk_is_a_read_only_block_of_the_whole_volume() {
-        let dir = tempfile_dir();
+        let dir = tempfile_dir("disk");
         std::fs::write(dir.join("user-data"), b"#cloud-config\n").unwrap();
         let def = dir.join("web.toml");
         std::fs::write(
@@ -279,8 +307,9 @@ mod tests {
         );
     }
 
-    fn tempfile_dir() -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("vmm-cidata-{}", std::process::id()));
+    /// A scratch directory of this test run; the test removes it.
+    fn tempfile_dir(test: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("vmm-cidata-{test}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
