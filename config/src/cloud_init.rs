@@ -83,13 +83,20 @@ impl CloudInit {
     pub fn open_files(&self, definition: &Path) -> Result<SeedFiles, ConfigError> {
         let mut files = Vec::with_capacity(2);
         for (name, what, path) in self.entries() {
-            let file = File::open(path).map_err(|e| {
+            let fail = |problem: String| {
                 ConfigError::new(
                     definition,
                     None,
-                    format!("{what} {}: cannot open: {e}", path.display()),
+                    format!("{what} {}: {problem}", path.display()),
                 )
-            })?;
+            };
+            let file = File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
+            // Checked again on what was opened: the path may have changed
+            // since check_files.
+            let is_file = file.metadata().map(|m| m.is_file());
+            if !is_file.map_err(|e| fail(format!("cannot access: {e}")))? {
+                return Err(fail("is not a regular file".into()));
+            }
             files.push(OpenSeedFile {
                 name,
                 what,

@@ -222,6 +222,9 @@ fn check_files_covers_the_seed_files() {
         e.ends_with("is a directory, expected a regular file"),
         "{e}"
     );
+    let seed = g.cloud_init.as_ref().unwrap();
+    let e = seed.open_files(&g.file).unwrap_err().to_string();
+    assert!(e.ends_with("network-config: is not a regular file"), "{e}");
     fs::remove_dir(s.0.path().join("guests/web/network-config")).unwrap();
 
     s.write("guests/web/network-config", "version: 2\n");
