@@ -6,6 +6,7 @@ use std::io;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
+use crate::cloud_init::{self, CloudInit};
 use crate::device::{Context, DeviceSource};
 use crate::error::{ConfigError, Position, Source};
 use crate::fields::{parse_document, Fields, Str};
@@ -42,6 +43,8 @@ pub struct GuestConfig {
     pub nets: Vec<Net>,
     pub rng: Rng,
     pub lifecycle: Lifecycle,
+    /// The cloud-init NoCloud seed the vmm presents as an extra disk.
+    pub cloud_init: Option<CloudInit>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -171,19 +174,63 @@ impl GuestConfig {
     }
 }
 
+/// A file a definition points at besides its disks: what init binds into
+/// the vmm's jail, fetches from a config server and checks against a
+/// signed SHA256SUMS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootFile<'a> {
+    /// How messages name it: "kernel", "initrd", "cloud_init user_data", ...
+    pub what: &'static str,
+    pub path: &'a Path,
+    /// The largest size the vmm accepts, when the format has one.
+    pub max_size: Option<u64>,
+}
+
 impl GuestConfig {
-    /// The kernel and initrd half of [`GuestConfig::check_files`]: what a
-    /// jailed vmm can check, since init hands it the disks as fds.
+    /// The kernel, the initrd and the cloud-init seed files, in that order.
+    pub fn boot_files(&self) -> Vec<BootFile<'_>> {
+        let mut files = vec![BootFile {
+            what: "kernel",
+            path: &self.boot.kernel,
+            max_size: None,
+        }];
+        if let Some(initrd) = &self.boot.initrd {
+            files.push(BootFile {
+                what: "initrd",
+                path: initrd,
+                max_size: None,
+            });
+        }
+        if let Some(seed) = &self.cloud_init {
+            files.extend(seed.key_files().into_iter().map(|(what, path)| BootFile {
+                what,
+                path,
+                max_size: Some(cloud_init::MAX_SEED_FILE_SIZE),
+            }));
+        }
+        files
+    }
+
+    /// The kernel, initrd and cloud-init half of [`GuestConfig::check_files`]:
+    /// what a jailed vmm can check, since init hands it the disks as fds.
     pub fn check_boot_files(&self) -> Result<(), ConfigError> {
         check_file(&self.file, "kernel", &self.boot.kernel, false)?;
         if let Some(initrd) = &self.boot.initrd {
             check_file(&self.file, "initrd", initrd, false)?;
         }
+        if let Some(seed) = &self.cloud_init {
+            seed.check_files(&self.file)?;
+        }
         Ok(())
     }
 }
 
-fn check_file(def: &Path, what: &str, path: &Path, block_ok: bool) -> Result<(), ConfigError> {
+pub(crate) fn check_file(
+    def: &Path,
+    what: &str,
+    path: &Path,
+    block_ok: bool,
+) -> Result<(), ConfigError> {
     let fail = |problem: String| {
         ConfigError::new(def, None, format!("{what} {}: {problem}", path.display()))
     };
@@ -221,9 +268,10 @@ fn check_file(def: &Path, what: &str, path: &Path, block_ok: bool) -> Result<(),
     }
 }
 
-/// Parses the guest definition `text` read from `path`; the guest's name is
-/// the file stem.
-pub(crate) fn parse(path: &Path, text: &str) -> Result<GuestConfig, ConfigError> {
+/// Parses the guest definition `text` read from `path` (all of the file: a
+/// byte order mark is dropped here); the guest's name is the file stem.
+pub(crate) fn parse(path: &Path, file_text: &str) -> Result<GuestConfig, ConfigError> {
+    let text = crate::strip_bom(file_text);
     let src = Source { path, text };
     let name = guest_name(&src)?;
     let doc = parse_document(&src)?;
@@ -232,7 +280,15 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<GuestConfig, ConfigError>
         doc.get_ref(),
         None,
         "the top level",
-        &["machine", "boot", "disk", "net", "rng", "lifecycle"],
+        &[
+            "machine",
+            "boot",
+            "disk",
+            "net",
+            "rng",
+            "lifecycle",
+            "cloud_init",
+        ],
     )?;
     let base = path.parent().unwrap_or(Path::new(""));
 
@@ -258,6 +314,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<GuestConfig, ConfigError>
         Some(f) => lifecycle(&f)?,
         None => Lifecycle::default(),
     };
+    let cloud_init = cloud_init::parse(&root, base, &name, file_text)?;
 
     Ok(GuestConfig {
         name,
@@ -268,6 +325,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<GuestConfig, ConfigError>
         nets,
         rng,
         lifecycle,
+        cloud_init,
     })
 }
 
@@ -301,7 +359,11 @@ fn machine(f: &Fields<'_, '_, '_>) -> Result<Machine, ConfigError> {
 }
 
 /// A file path as written, checked for things no file system accepts.
-fn path_value(f: &Fields<'_, '_, '_>, key: &str, s: &Str<'_>) -> Result<(), ConfigError> {
+pub(crate) fn path_value(
+    f: &Fields<'_, '_, '_>,
+    key: &str,
+    s: &Str<'_>,
+) -> Result<(), ConfigError> {
     if s.value.is_empty() {
         return Err(f
             .source()

@@ -9,6 +9,7 @@
 // Linked into PID 1 and the vmm, which must not panic on what they read.
 #![warn(clippy::indexing_slicing)]
 
+pub mod cloud_init;
 pub mod device;
 mod error;
 mod fields;
@@ -22,6 +23,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::Path;
 
+pub use cloud_init::CloudInit;
 pub use device::DeviceSource;
 pub use error::{ConfigError, Position};
 pub use guest::GuestConfig;
@@ -42,13 +44,13 @@ pub const MAX_GUESTS: usize = 64;
 /// the directory holding `path`, and the guest is named after its file stem.
 pub fn load_guest(path: &Path) -> Result<GuestConfig, ConfigError> {
     let text = read_text(path)?;
-    guest::parse(path, strip_bom(&text))
+    guest::parse(path, &text)
 }
 
 /// Parses a guest definition held in memory (fetched over HTTP, or in
 /// tests); `path` names it in errors and anchors relative paths.
 pub fn parse_guest(path: &Path, text: &str) -> Result<GuestConfig, ConfigError> {
-    guest::parse(path, strip_bom(text))
+    guest::parse(path, text)
 }
 
 /// Reads and parses host.toml. Callers use [`HostConfig::default`] when the
@@ -159,6 +161,6 @@ fn read_text(path: &Path) -> Result<String, ConfigError> {
 
 /// Editors on other systems may start the file with a byte order mark;
 /// dropping it keeps columns on the first line right.
-fn strip_bom(text: &str) -> &str {
+pub(crate) fn strip_bom(text: &str) -> &str {
     text.strip_prefix('\u{feff}').unwrap_or(text)
 }

@@ -115,6 +115,7 @@ fn full_example_parses_with_every_field() {
                 restart: RestartPolicy::Always,
                 autostart: false
             },
+            cloud_init: None,
         }
     );
 }
@@ -263,7 +264,7 @@ fn unknown_keys_are_named_with_the_allowed_ones() {
     assert_eq!(
         err("vcpus = 2\n[boot]\nkernel = \"k\"\n"),
         "guests/web.toml:1:1: unknown key 'vcpus' at the top level \
-         (allowed: machine, boot, disk, net, rng, lifecycle)"
+         (allowed: machine, boot, disk, net, rng, lifecycle, cloud_init)"
     );
     assert_eq!(
         err("[boot]\nkernel = \"k\"\n[[disk]]\npath = \"a\"\nreadonly = true\n"),

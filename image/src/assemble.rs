@@ -11,12 +11,12 @@ use crate::disk::{
     self, DiskError, Partition, BASIC_DATA_TYPE, BOOT_CODE_SIZE, ESP_TYPE, LEGACY_BIOS_BOOTABLE,
 };
 use crate::epoch::{self, EpochError};
-use crate::fat::{self, FatClock, FatError, FatFile, VolumeSpec};
 use crate::ids::{self, Ids};
 use crate::initramfs::{self, InitramfsError};
 use crate::inputs::{self, InputError, Kind};
 use crate::report::{self, SizeReport};
 use crate::syslinux::{self, SyslinuxError};
+use hvfat::{self as fat, FatClock, FatError, FatFile, VolumeSpec};
 
 const LOADER_CONF: &str = include_str!("../assets/loader.conf");
 const LOADER_ENTRY: &str = include_str!("../assets/hv.conf");

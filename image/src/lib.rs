@@ -3,7 +3,7 @@
 //! The `hv-image` binary is a thin wrapper around [`run`]; the modules are
 //! public where other crates of the workspace or the tests reuse them
 //! (hv-tests writes its initramfs archives with [`cpio`]; `tests/build.rs`
-//! reads volumes back with [`fat::read_file`]).
+//! reads volumes back with `hvfat::read_file`).
 
 pub mod assemble;
 pub mod budget;
@@ -12,7 +12,6 @@ pub mod cli;
 pub mod cpio;
 mod disk;
 mod epoch;
-pub mod fat;
 mod ids;
 mod initramfs;
 mod inputs;

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use fatfs::{FileSystem, FsOptions};
+use hvfat::fatfs::{FileSystem, FsOptions};
 
-use crate::fat::times;
-use crate::fat::{DirError, FatClock};
+use hvfat::times;
+use hvfat::{DirError, FatClock};
 
 /// Where syslinux looks for its configuration and keeps its files.
 pub const DIRECTORY: &str = "syslinux";
@@ -32,7 +32,7 @@ pub const ROOM: u64 = 512 * 1024;
 pub struct Installed {
     /// Size of ldlinux.sys plus ldlinux.c32.
     pub loader: u64,
-    /// Bytes of the volume in use afterwards, as in `fat::Volume::used`.
+    /// Bytes of the volume in use afterwards, as in `hvfat::Volume::used`.
     pub used: u64,
 }
 
@@ -193,7 +193,7 @@ mod tests {
     use super::*;
     use crate::budget::MIB;
     use crate::epoch::DEFAULT_EPOCH;
-    use crate::fat::{build, FatClock, FatFile, VolumeSpec};
+    use hvfat::{build, FatClock, FatFile, VolumeSpec};
 
     const INSTALLER: &str = "/usr/bin/syslinux";
 

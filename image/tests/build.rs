@@ -5,7 +5,7 @@ use std::io::Cursor;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use hv_image::fat::read_file;
+use hvfat::read_file;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
@@ -194,7 +194,9 @@ fn builds_all_outputs_within_budget() {
     );
     assert!(!read_file(config, "guests/example.toml").unwrap().is_empty());
     assert!(!read_file(config, "host.toml").unwrap().is_empty());
-    let fs = fatfs::FileSystem::new(Cursor::new(config.to_vec()), fatfs::FsOptions::new()).unwrap();
+    let fs =
+        hvfat::fatfs::FileSystem::new(Cursor::new(config.to_vec()), hvfat::fatfs::FsOptions::new())
+            .unwrap();
     assert_eq!(fs.volume_label(), "HVCONFIG");
 
     // SHA256SUMS covers the image and the PXE files, relative to out/.
@@ -242,8 +244,11 @@ fn builds_all_outputs_within_budget() {
     // Every entry on both volumes carries the build time, including the
     // files the syslinux installer wrote through mtools.
     for (name, bytes) in [("esp", esp), ("config", config)] {
-        let fs =
-            fatfs::FileSystem::new(Cursor::new(bytes.to_vec()), fatfs::FsOptions::new()).unwrap();
+        let fs = hvfat::fatfs::FileSystem::new(
+            Cursor::new(bytes.to_vec()),
+            hvfat::fatfs::FsOptions::new(),
+        )
+        .unwrap();
         let mut dirs = vec![fs.root_dir()];
         let mut seen = 0;
         while let Some(dir) = dirs.pop() {

@@ -1,7 +1,8 @@
 //! The vmm runs a real Linux guest under nested KVM (our host kernel in
 //! QEMU/TCG, see `hv_tests::rig`): the guest sees the machine its definition
 //! describes, its disk writes reach the host file, its NIC reaches the host,
-//! and SIGTERM shuts it down through the guest's own shutdown path.
+//! its cloud-init seed is a read-only disk after its own, and SIGTERM shuts
+//! it down through the guest's own shutdown path.
 //!
 //! Needs the kernels (`scripts/kernel host|guest`, cached) and the static
 //! vmm from `./scripts/build`.
@@ -202,6 +203,104 @@ echo "rig: vmm gone at $(cut -d' ' -f1 /proc/uptime) s"
     let exit = vm.wait_for(r"^rig: vmm exit=\d+$", STOP)?;
     vm.wait_for(r"^rig: done$", STOP)?;
     vm.wait_exit(STOP)?;
+    assert_eq!(exit, "rig: vmm exit=0");
+    Ok(())
+}
+
+/// A definition with a `[cloud_init]` table: the guest sees its own disk
+/// as vda, unchanged, and the seed as vdb: read-only, labelled CIDATA,
+/// holding the generated meta-data and the user's files. The guest kernel
+/// has no vfat driver, so the guest reads the volume raw: the label from
+/// the boot sector, the files' text with `strings` (each small file sits
+/// whole in its own cluster).
+#[test]
+fn guest_sees_the_cloud_init_seed_after_its_own_disk() -> Result<(), hv_tests::Error> {
+    let nonce = nonce();
+    let definition = r#"
+[boot]
+kernel = "bzImage"
+initrd = "initrd.img"
+cmdline = "console=ttyS0 panic=-1"
+
+[[disk]]
+path = "/tmp/disk.img"
+
+[rng]
+enabled = false
+
+[cloud_init]
+user_data = "user-data"
+network_config = "network-config"
+"#;
+    let user_data = format!("#cloud-config\nrig_user_data: {nonce}\n");
+    let network_config = format!("version: 2\nrig_network_config: {nonce}\n");
+    let guest_rc = r#"
+echo "guest: vda sectors=$(cat /sys/block/vda/size) ro=$(cat /sys/block/vda/ro) reads=$(head -c 16 /dev/vda)"
+echo "guest: vdb ro=$(cat /sys/block/vdb/ro) serial=$(cat /sys/block/vdb/serial)"
+echo "guest: vdb label=$(dd if=/dev/vdb bs=1 skip=43 count=11 2>/dev/null | tr -d ' ')"
+strings /dev/vdb | grep -E '^(instance-id|local-hostname|rig_user_data|rig_network_config):' |
+    while read -r line; do echo "guest: seed $line"; done
+if echo x | dd of=/dev/vdb conv=fsync 2>/dev/null; then
+    echo "guest: seed write accepted"
+else
+    echo "guest: seed write refused"
+fi
+[ -b /dev/vdc ] && echo "guest: vdc exists" || echo "guest: no vdc"
+echo "guest: powering off"
+poweroff -f
+"#;
+    let script = format!(
+        r#"
+dd if=/dev/zero of=/tmp/disk.img bs=1M count=4 2>/dev/null
+printf 'rig-disk-seed-ok' | dd of=/tmp/disk.img conv=notrunc 2>/dev/null
+{run}
+"#,
+        run = run_vmm_script()
+    );
+    let mut rig = Rig::new(&script)?.guest(guest_rc, definition)?;
+    rig.initramfs()
+        .file("guest/user-data", 0o644, user_data)
+        .file("guest/network-config", 0o644, network_config);
+    let mut vm = rig.boot("vmm_guest_cloud_init")?;
+    vm.wait_for(r"^rig: L1 up at .* kvm yes$", L1_UP)?;
+    vm.wait_for(r"^guest: init started$", GUEST_UP)?;
+    let seen = expect_in_order(
+        &mut vm,
+        &[
+            r"^guest: vda ",
+            r"^guest: vdb ro=",
+            r"^guest: vdb label=",
+            r"^guest: seed instance-id:",
+            r"^guest: seed local-hostname:",
+            r"^guest: seed rig_network_config:",
+            r"^guest: seed rig_user_data:",
+            r"^guest: seed write (accepted|refused)$",
+            r"^guest: (vdc exists|no vdc)$",
+            r"^guest: powering off$",
+        ],
+        GUEST_CHECKS,
+    )?;
+    let exit = vm.wait_for(r"^rig: vmm exit=\d+$", STOP)?;
+    vm.wait_for(r"^rig: done$", STOP)?;
+    vm.wait_exit(STOP)?;
+
+    let instance_id = hvconfig::cloud_init::instance_id("guest", definition);
+    assert_eq!(
+        seen[0],
+        "guest: vda sectors=8192 ro=0 reads=rig-disk-seed-ok"
+    );
+    assert_eq!(seen[1], "guest: vdb ro=1 serial=cidata");
+    assert_eq!(seen[2], "guest: vdb label=CIDATA");
+    assert_eq!(
+        seen[3],
+        format!("guest: seed instance-id: \"{instance_id}\"")
+    );
+    assert_eq!(seen[4], "guest: seed local-hostname: \"guest\"");
+    // Files are written in name order: meta-data, network-config, user-data.
+    assert_eq!(seen[5], format!("guest: seed rig_network_config: {nonce}"));
+    assert_eq!(seen[6], format!("guest: seed rig_user_data: {nonce}"));
+    assert_eq!(seen[7], "guest: seed write refused");
+    assert_eq!(seen[8], "guest: no vdc");
     assert_eq!(exit, "rig: vmm exit=0");
     Ok(())
 }

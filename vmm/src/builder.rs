@@ -18,6 +18,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use crate::arch::x86_64::boot::{self, BootInfo};
 use crate::arch::x86_64::kernel::{self, LoadedKernel};
 use crate::arch::x86_64::{acpi, layout, regs};
+use crate::cloud_init;
 use crate::device_manager::{self, legacy, mmio, HandedFds};
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::bus::Bus;
@@ -26,6 +27,7 @@ use crate::devices::virtio::{VirtioDevice, WorkerGate};
 use crate::exit::ExitHandle;
 use crate::resources::VmSource;
 use crate::vstate::{vcpu::Vcpu, vm};
+use hvconfig::cloud_init::SeedFiles;
 
 /// Why the VM could not be built. The images and the machine the
 /// definition asks for are its problem ([`VmmExit::Invalid`]); memory,
@@ -49,6 +51,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Devices(#[from] device_manager::Error),
+    #[error(transparent)]
+    Seed(#[from] cloud_init::Error),
     #[error("cannot open /dev/kvm: {0}")]
     Kvm(kvm_ioctls::Error),
     #[error("cannot allocate {mib} MiB of guest memory: {source}")]
@@ -76,6 +80,7 @@ impl Error {
             | Error::TooManyVcpus { .. }
             | Error::Cmdline { .. } => VmmExit::Invalid,
             Error::Devices(e) => e.exit(),
+            Error::Seed(e) => e.exit(),
             Error::Kvm(_)
             | Error::Memory { .. }
             | Error::Vm(_)
@@ -156,6 +161,9 @@ pub struct HostResources {
     images: Images,
     kvm: Result<Kvm, Error>,
     devices: Result<Vec<Box<dyn VirtioDevice>>, device_manager::Error>,
+    /// The cloud-init seed's files, opened like the kernel, read after the
+    /// drop.
+    seed: Option<SeedFiles>,
 }
 
 pub fn open_host(source: &VmSource, fds: HandedFds) -> Result<HostResources, Error> {
@@ -168,10 +176,21 @@ pub fn open_host(source: &VmSource, fds: HandedFds) -> Result<HostResources, Err
         Some(guest) => mmio::open_devices(guest, fds),
         None => Ok(Vec::new()),
     };
+    let seed = match source.guest() {
+        Some(guest) => match &guest.cloud_init {
+            Some(seed) => Some(
+                seed.open_files(&guest.file)
+                    .map_err(cloud_init::Error::Files)?,
+            ),
+            None => None,
+        },
+        None => None,
+    };
     Ok(HostResources {
         images,
         kvm,
         devices,
+        seed,
     })
 }
 
@@ -202,7 +221,13 @@ pub fn build(source: &VmSource, host: HostResources) -> Result<Vmm, Error> {
     let mut pio = Bus::new("I/O port");
     let mut mmio_bus = Bus::new("MMIO");
     let legacy = legacy::attach(&vm, &exit, &mut pio)?;
-    let devices = host.devices?;
+    let mut devices = host.devices?;
+    if let (Some(guest), Some(files)) = (source.guest(), host.seed) {
+        if let Some(seed) = &guest.cloud_init {
+            let disk = cloud_init::seed_disk(seed, files)?;
+            cloud_init::insert_after_disks(&mut devices, guest.disks.len(), disk);
+        }
+    }
     let virtio = match source.guest() {
         Some(guest) => mmio::attach(guest, devices, &vm, &mem, &mut mmio_bus)?,
         None => mmio::Attached::default(),

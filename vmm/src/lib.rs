@@ -20,6 +20,7 @@
 
 mod arch;
 mod builder;
+mod cloud_init;
 mod device_manager;
 mod devices;
 mod exit;

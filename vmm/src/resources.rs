@@ -30,8 +30,9 @@ impl Error {
 /// The guest to run.
 #[derive(Debug)]
 pub enum VmSource {
-    /// A guest definition; devices come only from definitions.
-    Definition(GuestConfig),
+    /// A guest definition; devices come only from definitions. Boxed: it
+    /// is far larger than an ad-hoc kernel.
+    Definition(Box<GuestConfig>),
     /// A kernel given on the command line, with the defaults filled in.
     AdHoc {
         kernel: PathBuf,
@@ -77,7 +78,7 @@ impl VmSource {
     /// Loads the definition in `path`, checking nothing on disk yet.
     pub fn load(path: &Path) -> Result<VmSource, Error> {
         hvconfig::load_guest(path)
-            .map(VmSource::Definition)
+            .map(|guest| VmSource::Definition(Box::new(guest)))
             .map_err(Error::Load)
     }
 
@@ -204,7 +205,7 @@ mod tests {
             "[boot]\nkernel = \"web/bzImage\"\n",
         )
         .unwrap();
-        let source = VmSource::Definition(guest);
+        let source = VmSource::Definition(Box::new(guest));
         assert_eq!(
             source.describe("kernel", source.kernel()),
             "guests/x.toml: kernel web/bzImage"

@@ -1,6 +1,6 @@
 //! Fetching the configuration named by `hv.config=http://...` into RAM:
-//! host.toml, the guests its `guests` list names, and their kernels and
-//! initrds, laid out like a config partition. While the server is
+//! host.toml, the guests its `guests` list names, and their kernels,
+//! initrds and cloud-init seed files, laid out like a config partition. While the server is
 //! unreachable or failing (5xx), each request is retried with backoff.
 
 use std::fmt;
@@ -384,14 +384,10 @@ fn fetch_guest(
     let local = remote.mirror.local_path(url);
     let guest = hvconfig::parse_guest(&local, &text)
         .map_err(|e| ConfigError::new(Path::new(&url.to_string()), e.position(), e.message()))?;
-    let boot = &guest.boot;
-    for (what, path) in [
-        ("kernel", Some(&boot.kernel)),
-        ("initrd", boot.initrd.as_ref()),
-    ] {
-        let Some(path) = path else {
-            continue;
-        };
+    for file in guest.boot_files() {
+        let (what, path) = (file.what, file.path);
+        // Seed files are small; a kernel or initrd may take up to MAX_BOOT_FILE.
+        let max = file.max_size.unwrap_or(MAX_BOOT_FILE);
         let file_url = remote
             .mirror
             .url_of(path)
@@ -415,7 +411,7 @@ fn fetch_guest(
                     .manifest
                     .expected(&rel)
                     .map_err(|e| verify.fail(&rel, &e, &then))?;
-                match fetch_file(remote, &file_url, Some(expected)) {
+                match fetch_file(remote, &file_url, Some(expected), max) {
                     Err(FetchError::Check(e)) => return Err(verify.fail(&rel, &e, &then)),
                     other => Some(other),
                 }
@@ -423,7 +419,7 @@ fn fetch_guest(
         };
         let result = match checked {
             Some(result) => result,
-            None => fetch_file(remote, &file_url, None),
+            None => fetch_file(remote, &file_url, None, max),
         };
         result.map_err(|e| url_error(url, format!("{what} {file_url}: {e}")))?;
         fetched.push(file_url);
@@ -431,11 +427,17 @@ fn fetch_guest(
     Ok(guest)
 }
 
-/// Streams a kernel or initrd to its place in the mirror. The file only
+/// Streams a kernel, initrd or seed file (at most `max` bytes) to its
+/// place in the mirror. The file only
 /// appears under its name once complete, and, when `expected` is given,
 /// only if it has that hash: the copy checked is the copy used. A copy
 /// already there with that hash (from an earlier pass) is kept.
-fn fetch_file(remote: &Remote, url: &HttpUrl, expected: Option<Hex>) -> Result<u64, FetchError> {
+fn fetch_file(
+    remote: &Remote,
+    url: &HttpUrl,
+    expected: Option<Hex>,
+    max: u64,
+) -> Result<u64, FetchError> {
     let local = remote.mirror.local_path(url);
     if let Some(expected) = expected {
         let kept = File::open(&local).ok().and_then(|mut f| {
@@ -459,7 +461,7 @@ fn fetch_file(remote: &Remote, url: &HttpUrl, expected: Option<Hex>) -> Result<u
         .retry(url, || {
             let file = File::create(&partial).map_err(http::Error::Sink)?;
             let mut file = Hashing::new(file);
-            let size = http::get(url, &mut file, MAX_BOOT_FILE, &remote.timeouts)?;
+            let size = http::get(url, &mut file, max, &remote.timeouts)?;
             Ok((size, file.digest()))
         })
         .map_err(|e| {
@@ -559,6 +561,106 @@ mod tests {
         // The kernel both guests share was fetched once.
         assert_eq!(site.requests("/images/bzImage"), 1);
         assert!(!dir.path().join("images/bzImage.part").exists());
+    }
+
+    #[test]
+    fn cloud_init_seed_files_are_fetched_like_the_kernel_and_bounded() {
+        let site = Site::default();
+        site.put(
+            "/hv/host.toml",
+            Reply::Body(b"guests = [\"web\", \"big\"]\n".to_vec()),
+        );
+        site.put(
+            "/hv/guests/web.toml",
+            Reply::Body(
+                b"[boot]\nkernel = \"k\"\n[cloud_init]\nuser_data = \"web/user-data\"\n\
+                  network_config = \"../net/web.yaml\"\n"
+                    .to_vec(),
+            ),
+        );
+        site.put(
+            "/hv/guests/big.toml",
+            Reply::Body(
+                b"[boot]\nkernel = \"k\"\n[cloud_init]\nuser_data = \"big.yaml\"\n".to_vec(),
+            ),
+        );
+        site.put("/hv/guests/k", Reply::Body(b"kernel".to_vec()));
+        site.put(
+            "/hv/guests/web/user-data",
+            Reply::Chunked(b"#cloud-config\nhostname: web\n".to_vec(), 5),
+        );
+        site.put("/hv/net/web.yaml", Reply::Body(b"version: 2\n".to_vec()));
+        let over = usize::try_from(hvconfig::cloud_init::MAX_SEED_FILE_SIZE).expect("fits") + 1;
+        site.put("/hv/guests/big.yaml", Reply::Body(vec![b'#'; over]));
+        let port = site.start();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let loaded = fetch_all_unsigned(&remote(port, "/hv/", dir.path()));
+
+        let names: Vec<&str> = loaded.guests.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(names, ["web"]);
+        let web = loaded.guests.first().expect("web");
+        let seed = web.cloud_init.as_ref().expect("seed");
+        assert_eq!(
+            fs::read(&seed.user_data).expect("user-data"),
+            b"#cloud-config\nhostname: web\n"
+        );
+        let network = seed.network_config.as_ref().expect("network-config");
+        assert_eq!(fs::read(network).expect("network-config"), b"version: 2\n");
+        // What the jailed vmm will check and read, through the same paths.
+        web.check_boot_files().expect("seed files in the mirror");
+        assert_eq!(seed.read_files(&web.file).expect("read").len(), 2);
+
+        let errors = error_texts(&loaded);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let big = format!(
+            "http://127.0.0.1:{port}/hv/guests/big.toml: cloud_init user_data \
+             http://127.0.0.1:{port}/hv/guests/big.yaml: "
+        );
+        assert!(errors[0].starts_with(&big), "{errors:?}");
+        assert!(
+            errors[0].contains("1048576"),
+            "the limit is named: {errors:?}"
+        );
+        assert!(!dir.path().join("hv/guests/big.yaml").exists());
+        assert!(!dir.path().join("hv/guests/big.yaml.part").exists());
+    }
+
+    #[test]
+    fn a_signed_tree_covers_the_seed_files() {
+        let signer = Signer::new();
+        let site = Site::default();
+        let files: [(&str, &[u8]); 4] = [
+            ("host.toml", b"guests = [\"web\"]\n"),
+            (
+                "guests/web.toml",
+                b"[boot]\nkernel = \"k\"\n[cloud_init]\nuser_data = \"u\"\n",
+            ),
+            ("guests/k", b"kernel"),
+            ("guests/u", b"#cloud-config\n"),
+        ];
+        let mut sums = String::new();
+        for (rel, bytes) in files {
+            site.put(&format!("/hv/{rel}"), Reply::Body(bytes.to_vec()));
+            sums.push_str(&sums_line(rel, bytes));
+        }
+        site.put(
+            "/hv/SHA256SUMS.minisig",
+            Reply::Body(signer.sign(sums.as_bytes())),
+        );
+        site.put("/hv/SHA256SUMS", Reply::Body(sums.into_bytes()));
+        // Served, but not what was signed.
+        site.put("/hv/guests/u", Reply::Body(b"#!/bin/sh\nevil\n".to_vec()));
+        let port = site.start();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let loaded = fetch_all(&remote(port, "/hv/", dir.path()), &signer.trust());
+        assert!(loaded.guests.is_empty());
+        let e = error_texts(&loaded);
+        assert!(e[0].starts_with("guests/u: sha256 mismatch"), "{e:?}");
+        assert!(
+            e[0].ends_with(": cloud_init user_data of guest web not started"),
+            "{e:?}"
+        );
+        assert!(!dir.path().join("hv/guests/u").exists());
     }
 
     #[test]

@@ -267,11 +267,9 @@ fn load_guest_signed(
     let text = checked_text(manifest, rel, bytes)
         .map_err(|why| error(rel, format!("{why}: guest not started")))?;
     let guest = hvconfig::parse_guest(path, &text)?;
-    let boot = &guest.boot;
-    for file in [Some(&boot.kernel), boot.initrd.as_ref()]
-        .into_iter()
-        .flatten()
-    {
+    // The kernel, initrd and cloud-init seed files are covered too: a
+    // user-data runs as root in the guest.
+    for file in guest.boot_files().into_iter().map(|f| f.path) {
         let not_started =
             |at: &str, e: FileError| error(at, format!("{e}: guest {} not started", guest.name));
         let file_rel = signed::relative(dir, file).map_err(|e| not_started(rel, e))?;
@@ -377,6 +375,39 @@ mod tests {
         assert_eq!(loaded.integrity, Integrity::Verified);
         assert_eq!(loaded.host.hostname, "hv01");
         assert_eq!(names(&loaded), ["db", "web"]);
+    }
+
+    #[test]
+    fn a_signed_partition_covers_the_seed_files() {
+        let signer = Signer::new();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        let seeded = "[boot]\nkernel = \"k\"\n[cloud_init]\nuser_data = \"u\"\n";
+        let files = [
+            ("guests/web.toml", seeded),
+            ("guests/k", "kernel"),
+            ("guests/u", "#cloud-config\n"),
+        ];
+        let mut sums = String::new();
+        for (rel, text) in files {
+            write(&root.join(rel), text);
+            sums.push_str(&sums_line(rel, text.as_bytes()));
+        }
+        fs::write(root.join("SHA256SUMS"), &sums).expect("sums");
+        let sig = signer.sign(sums.as_bytes());
+        fs::write(root.join("SHA256SUMS.minisig"), sig).expect("sig");
+        let loaded = load(root, &signer.trust());
+        assert_eq!(names(&loaded), ["web"]);
+
+        write(&root.join("guests/u"), "#!/bin/sh\nevil\n");
+        let loaded = load(root, &signer.trust());
+        assert!(loaded.guests.is_empty());
+        let e = errors(&loaded);
+        assert!(
+            e[0].starts_with("guests/u: sha256 mismatch")
+                && e[0].ends_with(": guest web not started"),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -489,14 +489,11 @@ impl Guest {
             .filter(|d| Path::new(d).exists())
             .map(|d| Bind::device(*d))
             .collect();
-        let boot = &self.config.boot;
-        for file in [
-            Some(&self.config.file),
-            Some(&boot.kernel),
-            boot.initrd.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
+        // The definition, then the kernel, initrd and cloud-init seed files
+        // it names: the vmm reads each itself.
+        let boot_files = self.config.boot_files();
+        for file in
+            std::iter::once(self.config.file.as_path()).chain(boot_files.iter().map(|f| f.path))
         {
             let canonical = fs::canonicalize(file)
                 .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", file.display())))?;

@@ -1,23 +1,36 @@
-//! FAT volumes built in memory: the EFI system partition and the HVCONFIG
-//! partition.
+//! FAT volumes built in memory: the image's EFI system partition and
+//! HVCONFIG partition (hv-image), and the cloud-init seed disk (vmm). One
+//! FAT writer for the project, so every volume gets the same fix-ups.
 //!
 //! fatfs formats the volume and writes the files; the submodules then work
 //! on the raw bytes: `dirs` finds every directory, `dots` repairs the
 //! `.`/`..` entries fatfs 0.3 gets wrong, `times` restamps entries written
 //! by other tools, and `clock` is the build time as FAT stores it.
 
+// Linked into the vmm, which must not panic on an index.
+#![warn(clippy::indexing_slicing)]
+
 mod clock;
 mod dirs;
 mod dots;
-pub(crate) mod times;
+pub mod times;
 
 use std::io::{self, Cursor, Read, Write};
 
 use fatfs::{FileSystem, FormatVolumeOptions, FsOptions};
 
-use crate::budget::MIB;
+/// The fatfs this crate builds on, for callers that read a volume back or
+/// edit one in place; one version for the whole project.
+pub use fatfs;
+
 pub use clock::FatClock;
 pub use dirs::DirError;
+
+pub const MIB: u64 = 1024 * 1024;
+
+/// 2024-01-01T00:00:00Z, for tests that need some fixed build time.
+#[cfg(test)]
+pub(crate) const TEST_EPOCH: u32 = 1_704_067_200;
 
 /// Why a volume could not be built or read.
 #[derive(Debug, thiserror::Error)]
@@ -220,7 +233,10 @@ fn label_bytes(label: &str) -> Result<[u8; 11], FatError> {
         return Err(FatError::InvalidLabel(label.into()));
     }
     let mut bytes = [b' '; 11];
-    bytes[..label.len()].copy_from_slice(label.as_bytes());
+    // At most 11 bytes, checked above.
+    for (dst, src) in bytes.iter_mut().zip(label.bytes()) {
+        *dst = src;
+    }
     Ok(bytes)
 }
 
@@ -250,7 +266,7 @@ mod tests {
     use super::*;
 
     fn clock() -> &'static FatClock {
-        FatClock::leak(crate::epoch::DEFAULT_EPOCH)
+        FatClock::leak(crate::TEST_EPOCH)
     }
 
     fn spec(min_size: u64, slack: u64) -> VolumeSpec<'static> {

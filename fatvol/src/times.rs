@@ -5,15 +5,15 @@
 //! independent of both, and of the mtools version.
 
 use super::clock::FatClock;
-use super::dirs::{self, DirError, ATTR_OFFSET, ATTR_VOLUME_ID, DELETED, SLOT};
+use super::dirs::{self, DirError, ATTR_OFFSET, ATTR_VOLUME_ID, DELETED};
 
 pub fn restamp(volume: &mut [u8], clock: &FatClock) -> Result<(), DirError> {
     let stamp = clock.encoded();
     for range in dirs::directories(volume)? {
-        for slot in volume[range]
-            .chunks_exact_mut(SLOT)
-            .take_while(|slot| slot[0] != 0)
-        {
+        let dir = volume
+            .get_mut(range.clone())
+            .ok_or(DirError::Outside(range))?;
+        for slot in dirs::slots_mut(dir).take_while(|slot| slot[0] != 0) {
             // Long-name slots carry no times, and the volume label keeps the
             // zero times fatfs gives it.
             if slot[ATTR_OFFSET] & ATTR_VOLUME_ID != 0 {
@@ -40,8 +40,8 @@ pub fn restamp(volume: &mut [u8], clock: &FatClock) -> Result<(), DirError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::epoch::DEFAULT_EPOCH;
-    use crate::fat::{build, FatFile, VolumeSpec};
+    use crate::TEST_EPOCH as DEFAULT_EPOCH;
+    use crate::{build, FatFile, VolumeSpec};
 
     fn volume(clock: &'static FatClock) -> Vec<u8> {
         let files = [

@@ -119,7 +119,7 @@ impl TimeProvider for FatClock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::epoch::DEFAULT_EPOCH;
+    use crate::TEST_EPOCH as DEFAULT_EPOCH;
 
     #[test]
     fn civil_dates() {

@@ -7,23 +7,39 @@
 
 use super::dirs::{self, DirError, ATTR_LONG_NAME, ATTR_OFFSET, DELETED, DOT, DOTDOT, SLOT};
 
+/// The first four entries of a directory, where the misplaced dot entries
+/// are.
+type Head = [u8; 4 * SLOT];
+
 /// Fixes every directory below the root (the root has no dot entries).
 pub fn repair(volume: &mut [u8]) -> Result<(), DirError> {
     for range in dirs::directories(volume)?.into_iter().skip(1) {
-        fix_dots(&mut volume[range]);
+        let dir = volume
+            .get_mut(range.clone())
+            .ok_or(DirError::Outside(range))?;
+        fix_dots(dir);
     }
     Ok(())
 }
 
 fn fix_dots(dir: &mut [u8]) {
-    let is_long = |dir: &[u8], i: usize| dir[i * SLOT + ATTR_OFFSET] == ATTR_LONG_NAME;
-    let named = |dir: &[u8], i: usize, name: &[u8; 11]| &dir[i * SLOT..i * SLOT + 11] == name;
-    if !(is_long(dir, 0) && named(dir, 1, DOT) && is_long(dir, 2) && named(dir, 3, DOTDOT)) {
+    // A directory has at least a cluster, far more than four entries.
+    let Some(head) = dir
+        .get_mut(..4 * SLOT)
+        .and_then(|head| <&mut Head>::try_from(head).ok())
+    else {
+        return;
+    };
+    let misplaced = head[ATTR_OFFSET] == ATTR_LONG_NAME
+        && head[SLOT..SLOT + 11] == DOT[..]
+        && head[2 * SLOT + ATTR_OFFSET] == ATTR_LONG_NAME
+        && head[3 * SLOT..3 * SLOT + 11] == DOTDOT[..];
+    if !misplaced {
         return;
     }
-    dir.copy_within(SLOT..2 * SLOT, 0);
-    dir.copy_within(3 * SLOT..4 * SLOT, SLOT);
-    for slot in dir[2 * SLOT..4 * SLOT].chunks_exact_mut(SLOT) {
+    head.copy_within(SLOT..2 * SLOT, 0);
+    head.copy_within(3 * SLOT..4 * SLOT, SLOT);
+    for slot in dirs::slots_mut(&mut head[2 * SLOT..]) {
         slot.fill(0);
         slot[0] = DELETED;
     }
@@ -32,9 +48,9 @@ fn fix_dots(dir: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::epoch::DEFAULT_EPOCH;
-    use crate::fat::dirs::Geometry;
-    use crate::fat::{build, FatClock, FatFile, VolumeSpec};
+    use crate::dirs::Geometry;
+    use crate::TEST_EPOCH as DEFAULT_EPOCH;
+    use crate::{build, FatClock, FatFile, VolumeSpec};
 
     #[test]
     fn every_directory_starts_with_dot_and_dotdot() {

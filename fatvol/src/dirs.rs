@@ -12,6 +12,19 @@ pub const DELETED: u8 = 0xe5;
 pub const DOT: &[u8; 11] = b".          ";
 pub const DOTDOT: &[u8; 11] = b"..         ";
 
+/// One 32-byte directory entry. Entries are handled as arrays so that
+/// every field access is checked at compile time.
+pub type Slot = [u8; SLOT];
+
+/// The 32-byte entries of `dir`; a partial entry at the end is ignored.
+pub fn slots(dir: &[u8]) -> impl Iterator<Item = &Slot> {
+    dir.chunks_exact(SLOT).filter_map(|c| c.try_into().ok())
+}
+
+pub fn slots_mut(dir: &mut [u8]) -> impl Iterator<Item = &mut Slot> {
+    dir.chunks_exact_mut(SLOT).filter_map(|c| c.try_into().ok())
+}
+
 /// Why the directories of a volume could not be found.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DirError {
@@ -25,6 +38,8 @@ pub enum DirError {
     ClusterOutside(usize),
     #[error("directory at cluster {0} spans clusters")]
     SpansClusters(usize),
+    #[error("directory at bytes {0:?} is outside the volume")]
+    Outside(Range<usize>),
 }
 
 /// Where things are in a FAT12/16 volume, from its boot sector.
@@ -47,7 +62,8 @@ impl Geometry {
         let u16_at = |at: usize| {
             volume
                 .get(at..at + 2)
-                .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
+                .and_then(|b| <[u8; 2]>::try_from(b).ok())
+                .map(|b| usize::from(u16::from_le_bytes(b)))
                 .ok_or(DirError::Short)
         };
         let bytes_per_sector = u16_at(11)?;
@@ -73,8 +89,10 @@ impl Geometry {
         self.root_dir..self.root_dir + self.root_entries * SLOT
     }
 
+    /// Cluster numbers start at 2; smaller ones (never passed by
+    /// `subdirectories`) map to the first data cluster.
     pub fn cluster(&self, cluster: usize) -> Range<usize> {
-        let start = self.data + (cluster - 2) * self.cluster_size;
+        let start = self.data + cluster.saturating_sub(2) * self.cluster_size;
         start..start + self.cluster_size
     }
 }
@@ -92,7 +110,7 @@ pub fn directories(volume: &[u8]) -> Result<Vec<Range<usize>>, DirError> {
         let dir = volume
             .get(range.clone())
             .ok_or(DirError::ClusterOutside(cluster))?;
-        if dir[dir.len() - SLOT] != 0 {
+        if slots(dir).last().is_some_and(|slot| slot[0] != 0) {
             return Err(DirError::SpansClusters(cluster));
         }
         pending.extend(subdirectories(dir));
@@ -102,8 +120,8 @@ pub fn directories(volume: &[u8]) -> Result<Vec<Range<usize>>, DirError> {
 }
 
 /// The in-use 32-byte entries of `dir`, up to the end marker.
-pub fn entries(dir: &[u8]) -> impl Iterator<Item = &[u8]> {
-    dir.chunks_exact(SLOT)
+pub fn entries(dir: &[u8]) -> impl Iterator<Item = &Slot> {
+    slots(dir)
         .take_while(|slot| slot[0] != 0)
         .filter(|slot| slot[0] != DELETED)
 }
@@ -114,8 +132,8 @@ pub fn subdirectories(dir: &[u8]) -> Vec<usize> {
         .filter(|slot| {
             slot[ATTR_OFFSET] != ATTR_LONG_NAME
                 && slot[ATTR_OFFSET] & ATTR_DIRECTORY != 0
-                && &slot[..11] != DOT
-                && &slot[..11] != DOTDOT
+                && slot[..11] != DOT[..]
+                && slot[..11] != DOTDOT[..]
         })
         .map(|slot| usize::from(u16::from_le_bytes([slot[26], slot[27]])))
         .filter(|&cluster| cluster >= 2)
