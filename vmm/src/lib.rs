@@ -19,6 +19,7 @@
 #![warn(clippy::indexing_slicing)]
 
 mod arch;
+pub mod boot_disk;
 mod builder;
 mod device_manager;
 mod devices;
