@@ -24,6 +24,8 @@ mod extlinux;
 mod fat;
 mod fs;
 mod partitions;
+#[cfg(test)]
+mod tests;
 mod version;
 
 use std::fmt;
