@@ -4,6 +4,7 @@
 //! `read_at`, so under the vmm's seccomp filter the whole search is
 //! `pread64` on the disk fd plus heap allocation.
 
+use std::cell::Cell;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt};
@@ -120,20 +121,58 @@ impl ReadAt for Vec<u8> {
     }
 }
 
+/// What one search may read, in bytes and in reads. A disk whose
+/// structures loop (a FAT directory whose cluster chain points back at
+/// itself, full of deleted entries) would otherwise keep fatfs reading
+/// forever inside one call; once the budget is spent every read fails,
+/// and the search ends with that error.
+pub(super) struct Budget {
+    bytes: Cell<u64>,
+    reads: Cell<u64>,
+}
+
+impl Budget {
+    pub(super) fn new(bytes: u64, reads: u64) -> Rc<Self> {
+        Rc::new(Self {
+            bytes: Cell::new(bytes),
+            reads: Cell::new(reads),
+        })
+    }
+
+    fn spend(&self, bytes: u64) -> io::Result<()> {
+        match (
+            self.bytes.get().checked_sub(bytes),
+            self.reads.get().checked_sub(1),
+        ) {
+            (Some(b), Some(r)) => {
+                self.bytes.set(b);
+                self.reads.set(r);
+                Ok(())
+            }
+            _ => Err(io::Error::other(
+                "the read budget is spent: the disk's structures make the search read on \
+                 (a loop?)",
+            )),
+        }
+    }
+}
+
 /// A byte range of the disk: a partition, or the whole disk. Cloning is
 /// cheap (the disk is shared), which the file system readers need: they
 /// own their reader.
 #[derive(Clone)]
 pub(super) struct Slice {
     disk: Rc<dyn ReadAt>,
+    budget: Rc<Budget>,
     start: u64,
     len: u64,
 }
 
 impl Slice {
-    pub(super) fn whole(disk: Rc<dyn ReadAt>, len: u64) -> Self {
+    pub(super) fn whole(disk: Rc<dyn ReadAt>, len: u64, budget: Rc<Budget>) -> Self {
         Self {
             disk,
+            budget,
             start: 0,
             len,
         }
@@ -148,6 +187,7 @@ impl Slice {
         }
         Some(Self {
             disk: Rc::clone(&self.disk),
+            budget: Rc::clone(&self.budget),
             start: self.start.checked_add(start)?,
             len,
         })
@@ -174,6 +214,7 @@ impl Slice {
                 )
             })?;
         debug_assert!(end <= self.len);
+        self.budget.spend(buf.len() as u64)?;
         let mut done = 0usize;
         while let Some(rest) = buf.get_mut(done..) {
             if rest.is_empty() {
@@ -249,13 +290,13 @@ impl Seek for Cursor {
 /// something, and a mount for reading changes nothing).
 pub(super) struct ReadOnly {
     cursor: Cursor,
-    writes: Rc<std::cell::Cell<u64>>,
+    writes: Rc<Cell<u64>>,
 }
 
 impl ReadOnly {
     /// Shares the counter of refused writes.
     #[cfg(test)]
-    pub(super) fn write_attempts(&self) -> Rc<std::cell::Cell<u64>> {
+    pub(super) fn write_attempts(&self) -> Rc<Cell<u64>> {
         Rc::clone(&self.writes)
     }
 }
@@ -292,7 +333,7 @@ mod tests {
 
     fn slice(bytes: &[u8]) -> Slice {
         let disk: Rc<dyn ReadAt> = Rc::new(bytes.to_vec());
-        Slice::whole(disk, bytes.len() as u64)
+        Slice::whole(disk, bytes.len() as u64, Budget::new(1 << 20, 1000))
     }
 
     #[test]
@@ -320,10 +361,26 @@ mod tests {
                 1 << 20
             }
         }
-        let s = Slice::whole(Rc::new(Liar), 1 << 20);
+        let s = Slice::whole(Rc::new(Liar), 1 << 20, Budget::new(1 << 20, 1000));
         let mut buf = [0u8; 16];
         let err = s.read_exact_at(&mut buf, 0).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn reads_end_when_the_budget_is_spent() {
+        let disk: Rc<dyn ReadAt> = Rc::new(vec![0u8; 64]);
+        let s = Slice::whole(disk, 64, Budget::new(40, 3));
+        let mut buf = [0u8; 16];
+        s.read_exact_at(&mut buf, 0).unwrap();
+        s.read_exact_at(&mut buf, 16).unwrap();
+        assert!(s.read_exact_at(&mut buf, 32).is_err(), "bytes spent");
+        let s = Slice::whole(Rc::new(vec![0u8; 64]), 64, Budget::new(1000, 2));
+        let mut one = [0u8; 1];
+        s.read_exact_at(&mut one, 0).unwrap();
+        s.read_exact_at(&mut one, 0).unwrap();
+        let err = s.read_exact_at(&mut one, 0).unwrap_err();
+        assert!(err.to_string().contains("budget"), "{err}");
     }
 
     #[test]

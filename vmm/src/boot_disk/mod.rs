@@ -35,7 +35,7 @@ pub use disk::{DiskFile, ReadAt};
 pub use fs::FileError;
 pub use partitions::Error as TableError;
 
-use disk::Slice;
+use disk::{Budget, Slice};
 use fs::{Fs, Mount};
 use partitions::{Partition, Table};
 
@@ -59,6 +59,12 @@ pub struct Limits {
     pub entries: usize,
     /// Entries listed in one directory.
     pub dir_entries: usize,
+    /// Bytes read from the disk in all, metadata and files: what ends a
+    /// search through structures that loop.
+    pub read_bytes: u64,
+    /// Reads from the disk in all (fatfs reads a directory 32 bytes at a
+    /// time).
+    pub reads: u64,
 }
 
 impl Limits {
@@ -66,6 +72,9 @@ impl Limits {
     pub const CONFIG: u64 = 64 << 10;
     pub const ENTRIES: usize = 256;
     pub const DIR_ENTRIES: usize = 4096;
+    /// What the file system metadata may take beyond the files' bounds.
+    pub const METADATA: u64 = 256 << 20;
+    pub const READS: u64 = 4 << 20;
 
     /// The default bounds, with `initrd` bytes for the initrds.
     pub fn new(initrd: u64) -> Self {
@@ -75,6 +84,10 @@ impl Limits {
             config: Self::CONFIG,
             entries: Self::ENTRIES,
             dir_entries: Self::DIR_ENTRIES,
+            read_bytes: Self::KERNEL
+                .saturating_add(initrd)
+                .saturating_add(Self::METADATA),
+            reads: Self::READS,
         }
     }
 }
@@ -184,7 +197,7 @@ pub fn find_boot(disk: Rc<dyn ReadAt>, limits: &Limits) -> Result<BootFiles, Err
     if len < MIN_DISK {
         return Err(Error::TooSmall(len));
     }
-    let whole = Slice::whole(disk, len);
+    let whole = Slice::whole(disk, len, Budget::new(limits.read_bytes, limits.reads));
     let (table, parts, general) = partitions::read(&whole)?;
     let mut notes = Notes {
         general,

@@ -277,7 +277,11 @@ mod tests {
     fn disk(bytes: Vec<u8>) -> Slice {
         let len = bytes.len() as u64;
         let disk: Rc<dyn ReadAt> = Rc::new(bytes);
-        Slice::whole(disk, len)
+        Slice::whole(
+            disk,
+            len,
+            crate::boot_disk::disk::Budget::new(1 << 30, 1 << 20),
+        )
     }
 
     fn mbr_with(entries: &[(u8, u8, u32, u32)]) -> Vec<u8> {

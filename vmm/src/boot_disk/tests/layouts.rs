@@ -2,7 +2,7 @@
 //! broken.
 
 use super::*;
-use crate::boot_disk::disk::Slice;
+use crate::boot_disk::disk::{Budget, Slice};
 use crate::boot_disk::fat::FatFs;
 use crate::boot_disk::fs::Fs;
 use crate::boot_disk::FileError;
@@ -329,7 +329,7 @@ fn fat_is_never_written() {
     let len = esp.len() as u64;
     let original = esp.clone();
     let disk: Rc<dyn ReadAt> = Rc::new(esp);
-    let view = Slice::whole(disk, len).read_only();
+    let view = Slice::whole(disk, len, Budget::new(1 << 30, 1 << 20)).read_only();
     let writes = view.write_attempts();
     {
         let fs = FatFs::mount_view(view).unwrap();
@@ -341,4 +341,43 @@ fn fat_is_never_written() {
     // Dropping the file system is when fatfs would flush.
     assert_eq!(writes.get(), 0);
     assert_eq!(boot(original).unwrap().kernel, b"kernel");
+}
+
+/// A FAT16 image whose /loader directory's cluster chain points back at
+/// itself and holds only deleted entries: fatfs would read it forever
+/// inside one call; the read budget ends it.
+#[test]
+fn a_fat_directory_that_loops_ends() {
+    let mut d = fat(
+        &Tree::new().file("/loader/entries/a.conf", "linux /k\n"),
+        4,
+        16,
+    );
+    let u16_at = |d: &[u8], at: usize| u16::from_le_bytes([d[at], d[at + 1]]) as usize;
+    let bps = u16_at(&d, 11);
+    let spc = d[13] as usize;
+    let reserved = u16_at(&d, 14);
+    let fats = d[16] as usize;
+    let root_entries = u16_at(&d, 17);
+    let spf = u16_at(&d, 22);
+    let root = (reserved + fats * spf) * bps;
+    let data = root + root_entries * 32;
+    let entry = (0..root_entries)
+        .map(|i| root + i * 32)
+        .find(|&e| &d[e..e + 11] == b"LOADER     ")
+        .expect("mmd made /loader");
+    let cluster = u16_at(&d, entry + 26);
+    let at = data + (cluster - 2) * spc * bps;
+    for e in (at..at + spc * bps).step_by(32) {
+        d[e..e + 32].fill(0);
+        d[e] = 0xe5;
+    }
+    for k in 0..fats {
+        let fat = (reserved + k * spf) * bps + cluster * 2;
+        d[fat..fat + 2].copy_from_slice(&(cluster as u16).to_le_bytes());
+    }
+    let started = std::time::Instant::now();
+    let msg = boot(d).unwrap_err().to_string();
+    assert!(msg.contains("read budget is spent"), "{msg}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
 }
