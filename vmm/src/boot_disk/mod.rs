@@ -72,8 +72,10 @@ impl Limits {
     pub const CONFIG: u64 = 64 << 10;
     pub const ENTRIES: usize = 256;
     pub const DIR_ENTRIES: usize = 4096;
-    /// What the file system metadata may take beyond the files' bounds.
-    pub const METADATA: u64 = 256 << 20;
+    /// What the file system metadata may take beyond the files' bounds:
+    /// ext4-view reads a dirty journal through at mount, and ext4's
+    /// largest is 1 GiB.
+    pub const METADATA: u64 = 1 << 30;
     pub const READS: u64 = 4 << 20;
 
     /// The default bounds, with `initrd` bytes for the initrds.

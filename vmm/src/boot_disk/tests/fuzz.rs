@@ -27,9 +27,16 @@ fn env_number(name: &str) -> Option<u64> {
     }
 }
 
-/// A GPT disk with an ESP holding loader entries and a Debian root, and
-/// the byte ranges worth mutating.
-fn seed_disk() -> (Vec<u8>, Vec<std::ops::Range<usize>>) {
+/// A disk to mutate and the byte ranges worth mutating: the partition
+/// tables, the start of each file system (boot sector, FATs and root
+/// directory; superblock, group descriptors, bitmaps, inode table).
+struct Seed {
+    disk: Vec<u8>,
+    regions: Vec<std::ops::Range<usize>>,
+}
+
+/// A GPT disk: an ESP (FAT12) with loader entries, a Debian root.
+fn gpt_seed() -> Seed {
     let esp = fat(
         &Tree::new()
             .file(
@@ -47,26 +54,49 @@ fn seed_disk() -> (Vec<u8>, Vec<std::ops::Range<usize>>) {
         12,
     );
     let root = ext4(&debian_root("6.1.0-28-cloud-amd64"), 8, ROOT_UUID);
-    let d = disk("gpt", &[(ESP, &esp), (LINUX, &root)]);
+    let disk = disk("gpt", &[(ESP, &esp), (LINUX, &root)]);
     // The ESP at 1 MiB (2 MiB), the root at 3 MiB; the backup GPT at the end.
     let regions = vec![
-        0..64 << 10,
-        MIB..MIB + (128 << 10),
-        3 * MIB..3 * MIB + (1 << 20),
-        d.len() - (64 << 10)..d.len(),
+        0..20 << 10,
+        MIB..MIB + (64 << 10),
+        3 * MIB..3 * MIB + MIB,
+        disk.len() - (20 << 10)..disk.len(),
     ];
-    (d, regions)
+    Seed { disk, regions }
+}
+
+/// An MBR disk: a FAT32 /boot with extlinux.conf, a root whose links
+/// point into it.
+fn mbr_seed() -> Seed {
+    let boot_fs = fat(
+        &Tree::new()
+            .file(
+                "/extlinux/extlinux.conf",
+                "default l\nlabel l\nkernel /vmlinuz-6.1\ninitrd /initrd-6.1\nappend ro\n",
+            )
+            .file("/vmlinuz-6.1", vec![0x6b; 5000])
+            .file("/initrd-6.1", "initrd"),
+        40,
+        32,
+    );
+    let root = Tree::new()
+        .file("/etc/fstab", "")
+        .link("/vmlinuz", "boot/vmlinuz-6.1")
+        .link("/initrd.img", "boot/initrd-6.1");
+    let root = ext4(&root, 8, ROOT_UUID);
+    let disk = disk("dos", &[("c", &boot_fs), ("83", &root)]);
+    let regions = vec![0..512, MIB..MIB + (704 << 10), 41 * MIB..41 * MIB + MIB];
+    Seed { disk, regions }
 }
 
 #[test]
 fn mutated_disks_never_panic() {
     let seed = env_number("HV_FUZZ_SEED").unwrap_or(DEFAULT_SEED);
     let iters = env_number("HV_FUZZ_ITERS").unwrap_or(DEFAULT_ITERS);
-    let (original, regions) = seed_disk();
-    assert!(
-        boot(original.clone()).is_ok(),
-        "the unmutated disk must boot"
-    );
+    let seeds = [gpt_seed(), mbr_seed()];
+    for s in &seeds {
+        assert!(boot(s.disk.clone()).is_ok(), "the unmutated disk must boot");
+    }
     let limits = Limits {
         kernel: 1 << 20,
         ..Limits::new(1 << 20)
@@ -75,9 +105,10 @@ fn mutated_disks_never_panic() {
     let (mut ok, mut err) = (0u64, 0u64);
     let started = Instant::now();
     for case in 0..iters {
-        let mut d = original.clone();
+        let base = &seeds[rng.usize(..seeds.len())];
+        let mut d = base.disk.clone();
         for _ in 0..rng.usize(1..=24) {
-            let region = &regions[rng.usize(..regions.len())];
+            let region = &base.regions[rng.usize(..base.regions.len())];
             let at = rng.usize(region.clone());
             d[at] = match rng.u8(..4) {
                 0 => 0,
