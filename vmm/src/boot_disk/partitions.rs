@@ -39,6 +39,10 @@ pub enum Error {
         lba: u64,
         len: u64,
     },
+    #[error(
+        "its GPT header at byte {at} puts partition {number} at LBA 0, over the protective MBR"
+    )]
+    GptAtZero { at: u64, number: u32 },
     #[error("it has a protective MBR but no valid GPT: {0}")]
     BrokenGpt(String),
 }
@@ -137,9 +141,38 @@ fn check_gpt_headers(disk: &Slice) -> Result<(), Error> {
                     len,
                 });
             }
+            check_gpt_entries(disk, &h, at, lba * sector, entries)?;
         }
     }
     Ok(())
+}
+
+/// Refuses an entry array (its CRC right, so gptman would use it) with a
+/// used partition at LBA 0: gptman's alignment guess unwraps an empty
+/// range when every used partition starts there.
+fn check_gpt_entries(
+    disk: &Slice,
+    header: &[u8],
+    at: u64,
+    start: u64,
+    entries: u32,
+) -> Result<(), Error> {
+    // Bounded: at most MAX_GPT_ENTRIES entries of GPT_ENTRY_SIZE bytes.
+    let mut array = vec![0u8; entries as usize * GPT_ENTRY_SIZE as usize];
+    if disk.read_exact_at(&mut array, start).is_err() {
+        return Ok(()); // gptman cannot read it either
+    }
+    let crc = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC).checksum(&array);
+    if Some(crc) != le32(header, 88) {
+        return Ok(()); // gptman refuses it and tries the other header
+    }
+    let used_at_zero = (1u32..)
+        .zip(array.chunks_exact(GPT_ENTRY_SIZE as usize))
+        .find(|(_, e)| e.get(..16).is_some_and(|t| t != [0; 16]) && le64(e, 32) == Some(0));
+    match used_at_zero {
+        Some((number, _)) => Err(Error::GptAtZero { at, number }),
+        None => Ok(()),
+    }
 }
 
 fn gpt_partitions(disk: &Slice, gpt: &gptman::GPT, notes: &mut Vec<String>) -> Vec<Partition> {
@@ -360,6 +393,27 @@ mod tests {
         d[h + 16..h + 20].copy_from_slice(&crc.to_le_bytes());
         let err = read(&disk(d)).err().unwrap();
         assert!(matches!(err, Error::HostileGpt { .. }), "{err}");
+    }
+
+    /// gptman's alignment guess unwraps an empty range when every used
+    /// partition starts at LBA 0: such a table (CRCs right) must be
+    /// refused before gptman reads it.
+    #[test]
+    fn a_gpt_partition_at_lba_0_is_refused() {
+        let mut cur = std::io::Cursor::new(vec![0u8; 1 << 20]);
+        let mut gpt = gptman::GPT::new_from(&mut cur, 512, [1; 16]).unwrap();
+        gpt[1] = gptman::GPTPartitionEntry {
+            partition_type_guid: [2; 16],
+            unique_partition_guid: [3; 16],
+            starting_lba: 0,
+            ending_lba: 100,
+            attribute_bits: 0,
+            partition_name: "x".into(),
+        };
+        let entries: Vec<_> = gpt.iter().map(|(_, e)| e.clone()).collect();
+        gpt.header.write_into(&mut cur, 512, &entries).unwrap();
+        let err = read(&disk(cur.into_inner())).err().unwrap();
+        assert!(err.to_string().contains("LBA 0"), "{err}");
     }
 
     #[test]
