@@ -2,7 +2,10 @@
 //! table, the FAT and the ext4 metadata (superblock, group descriptors,
 //! bitmaps, inode table, directories), sometimes the disk cut short.
 //! Every case must end in `Ok` or `Err`, never a panic, and within a
-//! time bound.
+//! time bound. The ext4 file systems are made without metadata
+//! checksums, so that corruption reaches the parsing behind them, and
+//! some cases put the GPT's CRCs right after mutating it, so that
+//! gptman takes the table in.
 //!
 //! `HV_FUZZ_SEED` (decimal or `0x` hex) and `HV_FUZZ_ITERS` as for the
 //! other fuzz tests; a failure prints the pair that reproduces it.
@@ -53,7 +56,12 @@ fn gpt_seed() -> Seed {
         2,
         12,
     );
-    let root = ext4(&debian_root("6.1.0-28-cloud-amd64"), 8, ROOT_UUID);
+    let root = ext4_with(
+        &debian_root("6.1.0-28-cloud-amd64"),
+        8,
+        ROOT_UUID,
+        &["-O", "^metadata_csum"],
+    );
     let disk = disk("gpt", &[(ESP, &esp), (LINUX, &root)]);
     // The ESP at 1 MiB (2 MiB), the root at 3 MiB; the backup GPT at the end.
     let regions = vec![
@@ -83,10 +91,33 @@ fn mbr_seed() -> Seed {
         .file("/etc/fstab", "")
         .link("/vmlinuz", "boot/vmlinuz-6.1")
         .link("/initrd.img", "boot/initrd-6.1");
-    let root = ext4(&root, 8, ROOT_UUID);
+    let root = ext4_with(&root, 8, ROOT_UUID, &["-O", "^metadata_csum"]);
     let disk = disk("dos", &[("c", &boot_fs), ("83", &root)]);
     let regions = vec![0..512, MIB..MIB + (704 << 10), 41 * MIB..41 * MIB + MIB];
     Seed { disk, regions }
+}
+
+/// Recomputes the primary GPT's entry array and header CRCs, if the
+/// header still says where a small enough array is.
+fn fix_gpt_crcs(d: &mut [u8]) {
+    let crc = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+    let h = 512;
+    if d.len() < h + 92 || &d[h..h + 8] != b"EFI PART" {
+        return;
+    }
+    let le32 = |d: &[u8], at: usize| u32::from_le_bytes(d[at..at + 4].try_into().unwrap());
+    let lba = u64::from_le_bytes(d[h + 72..h + 80].try_into().unwrap());
+    let bytes = u64::from(le32(d, h + 80)) * u64::from(le32(d, h + 84));
+    let start = lba.saturating_mul(512);
+    if bytes <= 64 << 10 && start.saturating_add(bytes) <= d.len() as u64 {
+        let (start, bytes) = (start as usize, bytes as usize);
+        let array = crc.checksum(&d[start..start + bytes]);
+        d[h + 88..h + 92].copy_from_slice(&array.to_le_bytes());
+    }
+    d[h + 16..h + 20].fill(0);
+    let size = (le32(d, h + 12) as usize).clamp(92, 512);
+    let header = crc.checksum(&d[h..h + size]);
+    d[h + 16..h + 20].copy_from_slice(&header.to_le_bytes());
 }
 
 #[test]
@@ -116,6 +147,9 @@ fn mutated_disks_never_panic() {
                 2 => d[at] ^ (1 << rng.u8(..8)),
                 _ => rng.u8(..),
             };
+        }
+        if rng.u8(..4) == 0 {
+            fix_gpt_crcs(&mut d);
         }
         if rng.u8(..16) == 0 {
             d.truncate(rng.usize(..d.len()));

@@ -117,6 +117,11 @@ impl Tree {
 
 /// An ext4 file system of `mib` MiB holding `tree`, with UUID `uuid`.
 pub fn ext4(tree: &Tree, mib: u32, uuid: &str) -> Vec<u8> {
+    ext4_with(tree, mib, uuid, &[])
+}
+
+/// The same, with more mkfs.ext4 options.
+pub fn ext4_with(tree: &Tree, mib: u32, uuid: &str, options: &[&str]) -> Vec<u8> {
     let s = Scratch::new();
     let root = s.path("root");
     tree.write_to(&root);
@@ -128,12 +133,10 @@ pub fn ext4(tree: &Tree, mib: u32, uuid: &str) -> Vec<u8> {
         &["-s", &format!("{mib}M"), img_s],
         None,
     );
-    run(
-        "mkfs.ext4",
-        "e2fsprogs",
-        &["-q", "-F", "-U", uuid, "-d", root.to_str().unwrap(), img_s],
-        None,
-    );
+    let mut args = vec!["-q", "-F", "-U", uuid, "-d", root.to_str().unwrap()];
+    args.extend_from_slice(options);
+    args.push(img_s);
+    run("mkfs.ext4", "e2fsprogs", &args, None);
     std::fs::read(img).unwrap()
 }
 
