@@ -194,6 +194,10 @@ impl Notes {
 
 /// Finds what the distribution on `disk` boots. Deterministic: the same
 /// disk gives the same answer (or the same error).
+///
+/// The disk is an `Rc` because ext4-view owns its reader (a `'static`
+/// box): keep a clone of the `Rc` to have the file back afterwards
+/// (`Rc::try_unwrap` once this returns).
 pub fn find_boot(disk: Rc<dyn ReadAt>, limits: &Limits) -> Result<BootFiles, Error> {
     let len = disk.len();
     if len < MIN_DISK {
