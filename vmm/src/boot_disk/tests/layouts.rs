@@ -381,3 +381,34 @@ fn a_fat_directory_that_loops_ends() {
     assert!(msg.contains("read budget is spent"), "{msg}");
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
 }
+
+#[test]
+fn ext2_and_ext3_read_as_ext4() {
+    for kind in ["ext2", "ext3"] {
+        let d = ext4_with(&debian_root(V), 16, ROOT_UUID, &["-t", kind]);
+        let b = boot(d).unwrap_or_else(|e| panic!("{kind}: {e}"));
+        assert_eq!(b.kernel, format!("kernel {V}").as_bytes(), "{kind}");
+        assert_eq!(b.cmdline, format!("root=UUID={ROOT_UUID} ro"), "{kind}");
+    }
+}
+
+#[test]
+fn a_broken_primary_gpt_falls_back_to_the_backup() {
+    let mut d = debian_gpt();
+    d[512..1024].fill(0);
+    let b = boot(d).unwrap();
+    assert_eq!(b.kernel, format!("kernel {V}").as_bytes());
+}
+
+#[test]
+fn a_winning_entry_with_a_missing_kernel_is_an_error() {
+    let esp = Tree::new()
+        .file("/loader/entries/l-2.conf", "linux /gone\n")
+        .file("/loader/entries/l-1.conf", "linux /k1\n")
+        .file("/k1", "k1");
+    let d = disk("gpt", &[(ESP, &fat(&esp, 2, 12))]);
+    assert_eq!(
+        boot(d).unwrap_err().to_string(),
+        "disk 0 partition 1 (vfat, UUID 12AB-34CD): /gone missing"
+    );
+}
