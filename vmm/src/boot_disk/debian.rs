@@ -48,7 +48,7 @@ pub(super) fn search(
             let kernel_at = match locate(volumes, v, kernel_link) {
                 Ok(t) => t,
                 Err(e) => {
-                    notes.add(v, e.to_string());
+                    notes.add(vol.slot, e.to_string());
                     continue;
                 }
             };
@@ -90,7 +90,7 @@ pub(super) fn search(
             }));
         }
         if !tried {
-            notes.add(v, "no /vmlinuz or /boot/vmlinuz".into());
+            notes.add(vol.slot, "no /vmlinuz or /boot/vmlinuz".into());
         }
     }
     Ok(None)

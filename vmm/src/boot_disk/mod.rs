@@ -151,6 +151,8 @@ struct Volume {
     fs: Box<dyn Fs>,
     /// `partition 2 (ext4, UUID …)`.
     name: String,
+    /// Its place in [`Notes::parts`].
+    slot: usize,
 }
 
 impl Volume {
@@ -170,22 +172,23 @@ impl Volume {
     }
 }
 
-/// What was looked at and found wanting, per partition.
+/// What was looked at and found wanting: the table's notes, then each
+/// partition in table order with its own.
 struct Notes {
-    general: Vec<String>,
-    per_volume: Vec<(String, Vec<String>)>,
+    table: Vec<String>,
+    parts: Vec<(String, Vec<String>)>,
 }
 
 impl Notes {
-    fn add(&mut self, volume: usize, note: String) {
-        if let Some((_, notes)) = self.per_volume.get_mut(volume) {
+    fn add(&mut self, slot: usize, note: String) {
+        if let Some((_, notes)) = self.parts.get_mut(slot) {
             notes.push(note);
         }
     }
 
     fn into_vec(self) -> Vec<String> {
-        let mut all = self.general;
-        for (name, notes) in self.per_volume {
+        let mut all = self.table;
+        for (name, notes) in self.parts {
             all.push(format!("{name}: {}", notes.join(", ")));
         }
         all
@@ -204,10 +207,10 @@ pub fn find_boot(disk: Rc<dyn ReadAt>, limits: &Limits) -> Result<BootFiles, Err
         return Err(Error::TooSmall(len));
     }
     let whole = Slice::whole(disk, len, Budget::new(limits.read_bytes, limits.reads));
-    let (table, parts, general) = partitions::read(&whole)?;
+    let (table, parts, table_notes) = partitions::read(&whole)?;
     let mut notes = Notes {
-        general,
-        per_volume: Vec::new(),
+        table: table_notes,
+        parts: Vec::new(),
     };
     let mut volumes = Vec::new();
     for part in parts {
@@ -216,21 +219,28 @@ pub fn find_boot(disk: Rc<dyn ReadAt>, limits: &Limits) -> Result<BootFiles, Err
         } else {
             format!("partition {}", part.number)
         };
+        let slot = notes.parts.len();
         match fs::mount(&part.slice) {
             Mount::Mounted(fs) => {
                 let name = match fs.uuid() {
                     Some(uuid) => format!("{label} ({}, UUID {uuid})", fs.kind()),
                     None => format!("{label} ({})", fs.kind()),
                 };
-                notes.per_volume.push((name.clone(), Vec::new()));
-                volumes.push(Volume { part, fs, name });
+                notes.parts.push((name.clone(), Vec::new()));
+                volumes.push(Volume {
+                    part,
+                    fs,
+                    name,
+                    slot,
+                });
             }
-            Mount::Broken { kind, reason } => notes
-                .general
-                .push(format!("{label} ({kind}): does not mount: {reason}")),
+            Mount::Broken { kind, reason } => notes.parts.push((
+                format!("{label} ({kind})"),
+                vec![format!("does not mount: {reason}")],
+            )),
             Mount::Unknown => notes
-                .general
-                .push(format!("{label}: no ext2/3/4 or FAT file system")),
+                .parts
+                .push((label, vec!["no ext2/3/4 or FAT file system".into()])),
         }
     }
     if let Some(found) = search_entries(&volumes, limits, &mut notes)? {
@@ -269,7 +279,7 @@ fn search_entries(
                 Ok(items) => items,
                 Err(FileError::NotFound(_) | FileError::NotADir(_)) => continue,
                 Err(e) => {
-                    notes.add(v, e.to_string());
+                    notes.add(vol.slot, e.to_string());
                     continue;
                 }
             };
@@ -281,7 +291,7 @@ fn search_entries(
                 let path = format!("{dir}/{}", item.name);
                 if parsed >= limits.entries {
                     notes.add(
-                        v,
+                        vol.slot,
                         format!("{path}: more than {} loader entries", limits.entries),
                     );
                     break;
@@ -303,12 +313,12 @@ fn search_entries(
                         path,
                         entry,
                     }),
-                    Err(e) => notes.add(v, e),
+                    Err(e) => notes.add(vol.slot, e),
                 }
             }
         }
         if !any_dir {
-            notes.add(v, "no loader entries".into());
+            notes.add(vol.slot, "no loader entries".into());
         }
     }
     found.sort_by(|a, b| {
@@ -394,9 +404,9 @@ fn search_extlinux(
     limits: &Limits,
     notes: &mut Notes,
 ) -> Result<Option<BootFiles>, Error> {
-    for (v, vol) in volumes.iter().enumerate() {
+    for vol in volumes {
         let Some(conf) = extlinux::PATHS.iter().find(|p| vol.has(p)) else {
-            notes.add(v, "no extlinux.conf".into());
+            notes.add(vol.slot, "no extlinux.conf".into());
             continue;
         };
         let text = vol
@@ -408,7 +418,7 @@ fn search_extlinux(
         let label = match text {
             Ok(label) => label,
             Err(e) => {
-                notes.add(v, e);
+                notes.add(vol.slot, e);
                 continue;
             }
         };

@@ -264,15 +264,34 @@ fn nothing_to_boot_names_what_was_looked_at() {
     let root = Tree::new()
         .file("/etc/fstab", "")
         .link("/vmlinuz", "boot/vmlinuz-6.1");
-    let d = disk("gpt", &[(ESP, &esp), (LINUX, &ext4(&root, 16, ROOT_UUID))]);
+    let swap = vec![0u8; 1 << 20];
+    let mut bad_ext4 = ext4(&Tree::new(), 8, BOOT_UUID);
+    bad_ext4[1024 + 24..1024 + 28].fill(0xff); // an absurd block size
+    let d = disk(
+        "gpt",
+        &[
+            (ESP, &esp),
+            ("0657FD6D-A4AB-43C4-84E5-0933C84B4F4F", &swap),
+            (LINUX, &bad_ext4),
+            (LINUX, &ext4(&root, 16, ROOT_UUID)),
+        ],
+    );
     let msg = boot(d).unwrap_err().to_string();
+    let (head, tail) = msg
+        .split_once("partition 3 (ext4): does not mount: ")
+        .unwrap();
     assert_eq!(
-        msg,
-        format!(
-            "disk 0: no partition holds a kernel: partition 1 (vfat, UUID 12AB-34CD): no loader \
-             entries, no extlinux.conf, no /vmlinuz or /boot/vmlinuz; partition 2 (ext4, UUID \
-             {ROOT_UUID}): no loader entries, no extlinux.conf, /vmlinuz -> /boot/vmlinuz-6.1 missing"
-        )
+        head,
+        "disk 0: no partition holds a kernel: partition 1 (vfat, UUID 12AB-34CD): no loader \
+         entries, no extlinux.conf, no /vmlinuz or /boot/vmlinuz; partition 2: no ext2/3/4 or \
+         FAT file system; "
+    );
+    assert!(
+        tail.ends_with(&format!(
+            "; partition 4 (ext4, UUID {ROOT_UUID}): no loader entries, no extlinux.conf, \
+             /vmlinuz -> /boot/vmlinuz-6.1 missing"
+        )),
+        "{msg}"
     );
 }
 
