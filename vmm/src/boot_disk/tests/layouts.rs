@@ -431,3 +431,26 @@ fn a_winning_entry_with_a_missing_kernel_is_an_error() {
         "disk 0 partition 1 (vfat, UUID 12AB-34CD): /gone missing"
     );
 }
+
+/// Through a file, as the vmm does it: and the file comes back after.
+#[test]
+fn a_disk_file_boots_and_is_handed_back() {
+    let s = Scratch::new();
+    let path = s.path("disk.img");
+    std::fs::write(&path, debian_gpt()).unwrap();
+    let file =
+        Rc::new(crate::boot_disk::DiskFile::new(std::fs::File::open(&path).unwrap()).unwrap());
+    let disk: Rc<dyn ReadAt> = file.clone();
+    let b = find_boot(disk, &Limits::new(1 << 20)).unwrap();
+    assert_eq!(b.kernel, format!("kernel {V}").as_bytes());
+    let file = Rc::try_unwrap(file).expect("find_boot keeps no reference");
+    assert_eq!(
+        file.into_inner().metadata().unwrap().len(),
+        debian_gpt_len()
+    );
+}
+
+fn debian_gpt_len() -> u64 {
+    // 1 MiB before, the 4 MiB ESP, the 16 MiB root, 1 MiB after.
+    22 << 20
+}
