@@ -23,6 +23,7 @@ mod ext4;
 mod extlinux;
 mod fat;
 mod fs;
+mod grubenv;
 mod partitions;
 #[cfg(test)]
 mod tests;
@@ -343,14 +344,47 @@ fn search_entries(
     };
     let kernel_path = pick_path(vol, &e.linux, base);
     let kernel = vol.read(&kernel_path, limits.kernel, "kernel")?;
-    let initrd_paths: Vec<String> = e.initrd.iter().map(|p| pick_path(vol, p, base)).collect();
+    // GRUB's own entries (RHEL 8, older Fedora) use its variables and put
+    // several files on one initrd line, as its initrd command takes them.
+    let uses_vars = e.options.contains('$') || e.initrd.iter().any(|l| l.contains('$'));
+    let env = if uses_vars {
+        grub_env(vol, limits)
+    } else {
+        Vec::new()
+    };
+    let initrd_paths: Vec<String> = e
+        .initrd
+        .iter()
+        .flat_map(|line| {
+            grubenv::expand(line, &env)
+                .split_ascii_whitespace()
+                .map(|p| pick_path(vol, p, base))
+                .collect::<Vec<_>>()
+        })
+        .collect();
     let initrd = read_initrds(vol, &initrd_paths, limits)?;
+    let cmdline = if uses_vars {
+        grubenv::expand(&e.options, &env)
+    } else {
+        e.options.clone()
+    };
     Ok(Some(BootFiles {
         kernel,
         initrd,
-        cmdline: e.options.clone(),
+        cmdline,
         found: format!("{DISK} {}: {kernel_path} via {}", vol.name, best.path),
     }))
+}
+
+/// GRUB's environment block on the entry's file system (none there:
+/// every variable is unset, as in GRUB).
+fn grub_env(vol: &Volume, limits: &Limits) -> Vec<(String, String)> {
+    grubenv::PATHS
+        .iter()
+        .find_map(|p| vol.fs.read(p, limits.config, "grubenv").ok())
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .map(|text| grubenv::parse(&text))
+        .unwrap_or_default()
 }
 
 /// `path` from the file system's root, or (if nothing is there and the

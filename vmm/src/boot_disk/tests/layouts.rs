@@ -454,3 +454,26 @@ fn debian_gpt_len() -> u64 {
     // 1 MiB before, the 4 MiB ESP, the 16 MiB root, 1 MiB after.
     22 << 20
 }
+
+#[test]
+fn rhel8_entries_take_their_options_from_grubenv() {
+    let boot_fs = Tree::new()
+        .file(
+            "/loader/entries/abc-4.18.0-513.el8.x86_64.conf",
+            "title Rocky Linux\nversion 4.18.0-513.el8.x86_64\nlinux /vmlinuz-4.18.0-513.el8.x86_64\n\
+             initrd /initramfs-4.18.0-513.el8.x86_64.img $tuned_initrd\n\
+             options $kernelopts $tuned_params\nid rocky-4.18\ngrub_users $grub_users\n",
+        )
+        .file("/vmlinuz-4.18.0-513.el8.x86_64", "k")
+        .file("/initramfs-4.18.0-513.el8.x86_64.img", "i")
+        .file(
+            "/grub2/grubenv",
+            format!(
+                "# GRUB Environment Block\nkernelopts=root=UUID={ROOT_UUID} ro console=ttyS0\n{}",
+                "#".repeat(900)
+            ),
+        );
+    let d = disk("gpt", &[(LINUX, &ext4(&boot_fs, 16, BOOT_UUID))]);
+    let b = boot(d).unwrap();
+    assert_eq!(b.cmdline, format!("root=UUID={ROOT_UUID} ro console=ttyS0"));
+}
