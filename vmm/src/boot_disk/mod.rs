@@ -213,6 +213,10 @@ pub fn find_boot(disk: Rc<dyn ReadAt>, limits: &Limits) -> Result<BootFiles, Err
         table: table_notes,
         parts: Vec::new(),
     };
+    if parts.is_empty() && notes.table.is_empty() {
+        let kind = if table == Table::Gpt { "GPT" } else { "MBR" };
+        notes.table.push(format!("its {kind} lists no partitions"));
+    }
     let mut volumes = Vec::new();
     for part in parts {
         let label = if table == Table::None {

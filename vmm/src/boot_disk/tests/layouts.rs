@@ -477,3 +477,12 @@ fn rhel8_entries_take_their_options_from_grubenv() {
     let b = boot(d).unwrap();
     assert_eq!(b.cmdline, format!("root=UUID={ROOT_UUID} ro console=ttyS0"));
 }
+
+#[test]
+fn an_empty_gpt_says_so() {
+    let msg = boot(disk("gpt", &[])).unwrap_err().to_string();
+    assert_eq!(
+        msg,
+        "disk 0: no partition holds a kernel: its GPT lists no partitions"
+    );
+}
