@@ -19,6 +19,7 @@
 #![warn(clippy::indexing_slicing)]
 
 mod arch;
+pub mod boot_disk;
 mod builder;
 mod cloud_init;
 mod device_manager;
