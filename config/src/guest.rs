@@ -64,11 +64,41 @@ impl Default for Machine {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Boot {
-    /// A bzImage or an ELF vmlinux.
-    pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
+    pub from: BootFrom,
     /// What the user asked for; the VMM appends what its devices need.
+    /// When booting from the disk, it follows the disk's own options.
     pub cmdline: String,
+}
+
+/// What the vmm boots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BootFrom {
+    /// A kernel (bzImage or ELF vmlinux) and initrd from the config source.
+    Kernel {
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+    },
+    /// What the distribution on the first disk installed: `[boot]` names
+    /// no kernel. The vmm finds kernel, initrd and options on the disk.
+    Disk,
+}
+
+impl Boot {
+    /// The kernel from the config source, if the guest boots one.
+    pub fn kernel(&self) -> Option<&Path> {
+        match &self.from {
+            BootFrom::Kernel { kernel, .. } => Some(kernel),
+            BootFrom::Disk => None,
+        }
+    }
+
+    /// The initrd from the config source, if any.
+    pub fn initrd(&self) -> Option<&Path> {
+        match &self.from {
+            BootFrom::Kernel { initrd, .. } => initrd.as_deref(),
+            BootFrom::Disk => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -187,20 +217,24 @@ pub struct BootFile<'a> {
 }
 
 impl GuestConfig {
-    /// The kernel, the initrd and the cloud-init seed files, in that order.
+    /// The kernel, the initrd and the cloud-init seed files, in that order:
+    /// every file besides the disks that the definition names, which init
+    /// fetches, checks against a signed manifest and binds into the vmm's
+    /// jail. A guest booting from its disk has no kernel or initrd here.
     pub fn boot_files(&self) -> Vec<BootFile<'_>> {
-        let mut files = vec![BootFile {
-            what: "kernel",
-            path: &self.boot.kernel,
-            max_size: None,
-        }];
-        if let Some(initrd) = &self.boot.initrd {
-            files.push(BootFile {
-                what: "initrd",
-                path: initrd,
+        let kernel = [
+            ("kernel", self.boot.kernel()),
+            ("initrd", self.boot.initrd()),
+        ]
+        .into_iter()
+        .filter_map(|(what, path)| {
+            path.map(|path| BootFile {
+                what,
+                path,
                 max_size: None,
-            });
-        }
+            })
+        });
+        let mut files: Vec<BootFile<'_>> = kernel.collect();
         if let Some(seed) = &self.cloud_init {
             files.extend(seed.key_files().into_iter().map(|(what, path)| BootFile {
                 what,
@@ -214,8 +248,10 @@ impl GuestConfig {
     /// The kernel, initrd and cloud-init half of [`GuestConfig::check_files`]:
     /// what a jailed vmm can check, since init hands it the disks as fds.
     pub fn check_boot_files(&self) -> Result<(), ConfigError> {
-        check_file(&self.file, "kernel", &self.boot.kernel, false)?;
-        if let Some(initrd) = &self.boot.initrd {
+        if let Some(kernel) = self.boot.kernel() {
+            check_file(&self.file, "kernel", kernel, false)?;
+        }
+        if let Some(initrd) = self.boot.initrd() {
             check_file(&self.file, "initrd", initrd, false)?;
         }
         if let Some(seed) = &self.cloud_init {
@@ -296,13 +332,21 @@ pub(crate) fn parse(path: &Path, file_text: &str) -> Result<GuestConfig, ConfigE
         Some(f) => machine(&f)?,
         None => Machine::default(),
     };
-    let Some(boot_fields) = root.sub("boot", "[boot]", &["kernel", "initrd", "cmdline"])? else {
-        return Err(src.error_at_start(
-            "missing required table [boot] (it must set kernel = \"PATH\" to a bzImage or vmlinux)",
-        ));
-    };
-    let boot = boot(&boot_fields, base)?;
+    let boot_fields = root.sub("boot", "[boot]", &["kernel", "initrd", "cmdline"])?;
     let disks = disks(&root, base)?;
+    let boot = match &boot_fields {
+        Some(f) => boot(f, base)?,
+        None => Boot {
+            from: BootFrom::Disk,
+            cmdline: DEFAULT_CMDLINE.to_string(),
+        },
+    };
+    if boot.from == BootFrom::Disk && disks.is_empty() {
+        return Err(src.error_at_start(
+            "nothing to boot: [boot] sets no kernel = \"PATH\" (a bzImage or vmlinux) \
+             and there is no [[disk]] to boot from",
+        ));
+    }
     let nets = nets(&root, &name)?;
     let rng = match root.sub("rng", "[rng]", &["enabled"])? {
         Some(f) => Rng {
@@ -379,13 +423,20 @@ pub(crate) fn path_value(
 }
 
 fn boot(f: &Fields<'_, '_, '_>, base: &Path) -> Result<Boot, ConfigError> {
-    let kernel = f
-        .string("kernel")?
-        .ok_or_else(|| f.missing("kernel", "the path of a bzImage or ELF vmlinux"))?;
-    path_value(f, "kernel", &kernel)?;
+    let kernel = f.string("kernel")?;
+    if let Some(kernel) = &kernel {
+        path_value(f, "kernel", kernel)?;
+    }
     let initrd = f.string("initrd")?;
     if let Some(initrd) = &initrd {
         path_value(f, "initrd", initrd)?;
+        if kernel.is_none() {
+            return Err(f.source().error_at(
+                initrd.span.clone(),
+                "initrd needs kernel = \"PATH\" beside it; a guest without a kernel \
+                 boots the initrd its first disk names",
+            ));
+        }
     }
     let cmdline = match f.string("cmdline")? {
         Some(c) => {
@@ -408,11 +459,14 @@ fn boot(f: &Fields<'_, '_, '_>, base: &Path) -> Result<Boot, ConfigError> {
         }
         None => DEFAULT_CMDLINE.to_string(),
     };
-    Ok(Boot {
-        kernel: base.join(kernel.value),
-        initrd: initrd.map(|i| base.join(i.value)),
-        cmdline,
-    })
+    let from = match kernel {
+        Some(kernel) => BootFrom::Kernel {
+            kernel: base.join(kernel.value),
+            initrd: initrd.map(|i| base.join(i.value)),
+        },
+        None => BootFrom::Disk,
+    };
+    Ok(Boot { from, cmdline })
 }
 
 fn disks(root: &Fields<'_, '_, '_>, base: &Path) -> Result<Vec<Disk>, ConfigError> {

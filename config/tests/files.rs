@@ -41,7 +41,10 @@ fn check_files_accepts_present_files_and_names_missing_ones() {
          [[disk]]\npath = \"web/disk.img\"\n[[disk]]\npath = \"LABEL=absent\"\n",
     );
     let g = load_guest(&def).unwrap();
-    assert_eq!(g.boot.kernel, s.path().join("guests/web/bzImage"));
+    assert_eq!(
+        g.boot.kernel().expect("kernel"),
+        s.path().join("guests/web/bzImage")
+    );
     assert_eq!(g.file, def);
 
     let e = g.check_files().unwrap_err();
@@ -183,7 +186,7 @@ fn guests_dir_loads_each_definition_on_its_own_sorted_by_name() {
         "{broken}"
     );
     assert_eq!(
-        results[3].as_ref().unwrap().boot.kernel,
+        results[3].as_ref().unwrap().boot.kernel().unwrap(),
         s.path().join("guests/k")
     );
 }
@@ -204,7 +207,10 @@ fn shipped_examples_are_valid() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let g = load_guest(&dir.join("guests/web.toml")).unwrap();
     assert_eq!(g.name, "web");
-    assert_eq!(g.boot.kernel, dir.join("guests/web/bzImage"));
+    assert_eq!(
+        g.boot.kernel().expect("kernel"),
+        dir.join("guests/web/bzImage")
+    );
     let h = load_host(&dir.join("host.toml")).unwrap();
     assert_eq!(h.check_guest(&g), Ok(()));
 }

@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use hvconfig::guest::{Boot, Disk, DiskSource, Lifecycle, Machine, Net, RestartPolicy, Rng};
+use hvconfig::guest::{
+    Boot, BootFrom, Disk, DiskSource, Lifecycle, Machine, Net, RestartPolicy, Rng,
+};
 use hvconfig::{parse_guest, GuestConfig, MacAddr};
 
 const FILE: &str = "guests/web.toml";
@@ -72,8 +74,10 @@ fn full_example_parses_with_every_field() {
                 memory_mib: 512
             },
             boot: Boot {
-                kernel: "guests/web/bzImage".into(),
-                initrd: Some("guests/web/initrd.img".into()),
+                from: BootFrom::Kernel {
+                    kernel: "guests/web/bzImage".into(),
+                    initrd: Some("guests/web/initrd.img".into()),
+                },
                 cmdline: "console=ttyS0 root=/dev/vda rw".into(),
             },
             disks: vec![
@@ -131,8 +135,8 @@ fn minimal_definition_gets_every_default() {
             memory_mib: 128
         }
     );
-    assert_eq!(g.boot.kernel, PathBuf::from("/k/bzImage"));
-    assert_eq!(g.boot.initrd, None);
+    assert_eq!(g.boot.kernel().unwrap(), PathBuf::from("/k/bzImage"));
+    assert_eq!(g.boot.initrd(), None);
     assert_eq!(g.boot.cmdline, "console=ttyS0");
     assert!(g.disks.is_empty());
     assert!(g.nets.is_empty());
@@ -149,7 +153,7 @@ fn other_toml_spellings_mean_the_same() {
     );
     assert_eq!(dotted.machine.vcpus, 4);
     assert_eq!(dotted.machine.memory_mib, 1024);
-    assert_eq!(dotted.boot.kernel, PathBuf::from("guests/k"));
+    assert_eq!(dotted.boot.kernel().unwrap(), PathBuf::from("guests/k"));
     assert_eq!(dotted.disks.len(), 1);
     assert_eq!(dotted.nets[0].tap.as_deref(), Some("t0"));
     assert_eq!(dotted.nets[0].mac, MacAddr::derive("web", 0));
@@ -158,7 +162,7 @@ fn other_toml_spellings_mean_the_same() {
 #[test]
 fn byte_order_mark_and_crlf_are_accepted_and_positions_stay_right() {
     let g = parse("\u{feff}[boot]\r\nkernel = \"k\"\r\n");
-    assert_eq!(g.boot.kernel, PathBuf::from("guests/k"));
+    assert_eq!(g.boot.kernel().unwrap(), PathBuf::from("guests/k"));
     assert_eq!(
         err("\u{feff}[boot]\r\nkernel = \"k\"\r\n[machine]\r\nvcpus = 0\r\n"),
         "guests/web.toml:4:9: vcpus = 0 is out of range (allowed 1..=32)"
@@ -171,10 +175,13 @@ fn relative_paths_resolve_against_the_definition_directory() {
                 [[disk]]\npath = \"d.img\"\n[[disk]]\npath = \"/abs.img\"\n";
     let g = parse_guest(Path::new("/mnt/cfg/guests/db.toml"), text).unwrap();
     assert_eq!(g.name, "db");
-    assert_eq!(g.boot.kernel, PathBuf::from("/mnt/cfg/guests/k/bz"));
     assert_eq!(
-        g.boot.initrd,
-        Some(PathBuf::from("/mnt/cfg/guests/../shared/initrd"))
+        g.boot.kernel().unwrap(),
+        PathBuf::from("/mnt/cfg/guests/k/bz")
+    );
+    assert_eq!(
+        g.boot.initrd(),
+        Some(Path::new("/mnt/cfg/guests/../shared/initrd"))
     );
     assert_eq!(
         g.disks[0].path,
@@ -183,7 +190,7 @@ fn relative_paths_resolve_against_the_definition_directory() {
     assert_eq!(g.disks[1].path, DiskSource::Path("/abs.img".into()));
     // A bare file name resolves against the current directory.
     let g = parse_guest(Path::new("db.toml"), text).unwrap();
-    assert_eq!(g.boot.kernel, PathBuf::from("k/bz"));
+    assert_eq!(g.boot.kernel().unwrap(), PathBuf::from("k/bz"));
 }
 
 #[test]
@@ -312,13 +319,13 @@ fn wrong_types_say_what_was_expected() {
 fn missing_required_keys_point_at_the_table_or_file_start() {
     assert_eq!(
         err("# nothing\n[machine]\nvcpus = 2\n"),
-        "guests/web.toml:1:1: missing required table [boot] \
-         (it must set kernel = \"PATH\" to a bzImage or vmlinux)"
+        "guests/web.toml:1:1: nothing to boot: [boot] sets no kernel = \"PATH\" \
+         (a bzImage or vmlinux) and there is no [[disk]] to boot from"
     );
     assert_eq!(
-        err("[machine]\nvcpus = 2\n\n[boot]\ninitrd = \"i\"\n"),
-        "guests/web.toml:4:1: missing required key 'kernel' in [boot] \
-         (the path of a bzImage or ELF vmlinux)"
+        err("[machine]\nvcpus = 2\n\n[boot]\ninitrd = \"i\"\n[[disk]]\npath = \"d\"\n"),
+        "guests/web.toml:5:10: initrd needs kernel = \"PATH\" beside it; a guest \
+         without a kernel boots the initrd its first disk names"
     );
     assert_eq!(
         err("[boot]\nkernel = \"k\"\n\n  [[disk]]\nread_only = true\n"),
@@ -465,5 +472,38 @@ fn toml_syntax_errors_keep_their_position() {
         err("[boot]\nkernel = \"a\"\n[boot]\n"),
         "guests/web.toml:3:2: invalid TOML: 'boot' is defined twice \
          (a key or [table] may appear only once)"
+    );
+}
+
+#[test]
+fn a_definition_without_a_kernel_boots_its_first_disk() {
+    let disk = "[[disk]]\npath = \"/data/debian.img\"\n";
+    for text in [
+        disk.to_string(),
+        format!("[boot]\ncmdline = \"console=ttyS0 init=/bin/sh\"\n{disk}"),
+    ] {
+        let g = parse_guest(Path::new("guests/web.toml"), &text).unwrap();
+        assert_eq!(g.boot.from, BootFrom::Disk);
+        assert_eq!((g.boot.kernel(), g.boot.initrd()), (None, None));
+        assert!(g.boot_files().is_empty(), "nothing to fetch or bind");
+    }
+    let g = parse_guest(Path::new("guests/web.toml"), disk).unwrap();
+    assert_eq!(g.boot.cmdline, "console=ttyS0");
+}
+
+#[test]
+fn boot_files_lists_kernel_and_initrd() {
+    let g = parse_guest(
+        Path::new("/cfg/guests/web.toml"),
+        "[boot]\nkernel = \"k\"\ninitrd = \"i\"\n",
+    )
+    .unwrap();
+    let files: Vec<_> = g.boot_files().iter().map(|f| (f.what, f.path)).collect();
+    assert_eq!(
+        files,
+        vec![
+            ("kernel", Path::new("/cfg/guests/k")),
+            ("initrd", Path::new("/cfg/guests/i"))
+        ]
     );
 }

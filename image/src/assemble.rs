@@ -429,11 +429,11 @@ mod tests {
         assert_eq!(guest.name, "example");
         assert_eq!((guest.machine.vcpus, guest.machine.memory_mib), (1, 64));
         assert_eq!(
-            guest.boot.kernel,
+            guest.boot.kernel().expect("kernel"),
             Path::new("/cfg/guests/../example/bzImage")
         );
         assert_eq!(
-            guest.boot.initrd.as_deref(),
+            guest.boot.initrd(),
             Some(Path::new("/cfg/guests/../example/initrd.img"))
         );
         assert_eq!(guest.boot.cmdline, "console=ttyS0 quiet");

@@ -116,6 +116,42 @@ pub fn kernel(profile: &str) -> PathBuf {
     path
 }
 
+/// A stock Debian 12 disk (Debian's cloud kernel and initrd, untouched;
+/// see `scripts/debian-guest`): `$HV_DEBIAN_DISK` when set, else the last
+/// line printed by `scripts/debian-guest` (instant when cached; built with
+/// debootstrap otherwise).
+///
+/// # Panics
+/// When the script fails or names a missing file.
+pub fn debian_disk() -> PathBuf {
+    if let Some(path) = env::var_os("HV_DEBIAN_DISK").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "HV_DEBIAN_DISK={} does not exist",
+            path.display()
+        );
+        return path;
+    }
+    let script = workspace_root().join("scripts/debian-guest");
+    let out = Command::new(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "scripts/debian-guest failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let path = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
+    assert!(
+        path.is_file(),
+        "scripts/debian-guest named {path:?}, which does not exist"
+    );
+    path
+}
+
 /// The static vmm built by `./scripts/build`: `$HV_VMM`, or
 /// `${CARGO_TARGET_DIR:-<repo>/target}/x86_64-unknown-linux-musl/release/vmm`.
 ///

@@ -10,6 +10,7 @@ use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use hvconfig::guest::DiskSource;
 use hvcontract::VmmExit;
 use kvm_ioctls::Kvm;
 use vm_memory::mmap::FromRangesError;
@@ -18,12 +19,14 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use crate::arch::x86_64::boot::{self, BootInfo};
 use crate::arch::x86_64::kernel::{self, LoadedKernel};
 use crate::arch::x86_64::{acpi, layout, regs};
+use crate::boot_disk;
 use crate::cloud_init;
 use crate::device_manager::{self, legacy, mmio, HandedFds};
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::bus::Bus;
 use crate::devices::legacy::{SerialDevice, I8042};
 use crate::devices::virtio::{VirtioDevice, WorkerGate};
+use crate::disk_boot;
 use crate::exit::ExitHandle;
 use crate::resources::VmSource;
 use crate::vstate::{vcpu::Vcpu, vm};
@@ -40,6 +43,12 @@ pub enum Error {
     OpenImage { what: String, source: io::Error },
     #[error("{what}: {source}")]
     Image { what: String, source: kernel::Error },
+    /// The definition boots from its first disk and the search failed.
+    #[error("{what}: {source}")]
+    DiskBoot {
+        what: String,
+        source: disk_boot::Error,
+    },
     #[error("{requested} vCPUs requested, this host supports {max}")]
     TooManyVcpus { requested: u8, max: usize },
     /// The kernel command line with the devices' part does not fit;
@@ -79,6 +88,10 @@ impl Error {
             | Error::Image { .. }
             | Error::TooManyVcpus { .. }
             | Error::Cmdline { .. } => VmmExit::Invalid,
+            Error::DiskBoot { source, .. } => match source {
+                disk_boot::Error::Search(_) => VmmExit::Invalid,
+                _ => VmmExit::Error,
+            },
             Error::Devices(e) => e.exit(),
             Error::Seed(e) => e.exit(),
             Error::Kvm(_)
@@ -115,15 +128,20 @@ fn open(source: &VmSource, what: &str, path: &Path) -> Result<File, Error> {
     })
 }
 
-/// The kernel and initrd, open but not read yet.
-pub struct Images {
-    kernel: File,
-    initrd: Option<File>,
+/// What the kernel comes from, open but not read yet.
+pub enum Images {
+    /// The definition's (or the command line's) kernel and initrd.
+    Files { kernel: File, initrd: Option<File> },
+    /// The first disk, to be searched for what its distribution installed.
+    Disk(File),
 }
 
-pub fn open_images(source: &VmSource) -> Result<Images, Error> {
-    Ok(Images {
-        kernel: open(source, "kernel", source.kernel())?,
+pub fn open_images(source: &VmSource, fds: HandedFds) -> Result<Images, Error> {
+    let Some(kernel) = source.kernel() else {
+        return open_boot_disk(source, fds).map(Images::Disk);
+    };
+    Ok(Images::Files {
+        kernel: open(source, "kernel", kernel)?,
         initrd: match source.initrd() {
             Some(path) => Some(open(source, "initrd", path)?),
             None => None,
@@ -131,26 +149,103 @@ pub fn open_images(source: &VmSource) -> Result<Images, Error> {
     })
 }
 
+/// The guest's first disk, read-only, for the boot loader: a duplicate of
+/// the fd init handed over (the block device keeps the original), or the
+/// path itself for `--check` and runs by hand.
+fn open_boot_disk(source: &VmSource, fds: HandedFds) -> Result<File, Error> {
+    let disk = source.guest().and_then(|guest| guest.disks.first());
+    let what = || {
+        source.describe(
+            "disk 1",
+            Path::new(&disk.map(|d| d.path.to_string()).unwrap_or_default()),
+        )
+    };
+    let opened = match (fds.disks.get(&0), disk.map(|d| &d.path)) {
+        (Some(&fd), _) => device_manager::dup_fd(fd),
+        (None, Some(DiskSource::Path(path))) => File::open(path),
+        (None, Some(_)) => {
+            return Err(Error::Devices(device_manager::Error::DiskLabel {
+                what: what(),
+                index: 0,
+            }))
+        }
+        // hvconfig refuses a definition with neither kernel nor disk.
+        (None, None) => Err(io::Error::from(io::ErrorKind::NotFound)),
+    };
+    opened.map_err(|source| Error::OpenImage {
+        what: what(),
+        source,
+    })
+}
+
+/// What was loaded, and the command line the guest is given (before the
+/// devices' part): the definition's, after the disk's own options when
+/// the kernel came from the disk.
+pub struct Loaded {
+    pub kernel: LoadedKernel,
+    pub initrd: Option<(GuestAddress, u64)>,
+    pub cmdline: String,
+}
+
 /// Parses and loads kernel and initrd; shared with `--check`, which loads
-/// into a scratch memory to validate the images.
+/// into a scratch memory to validate the images. A disk is searched under
+/// its own seccomp filter when `confine` is set.
 pub fn load_images(
     source: &VmSource,
     mem: &GuestMemoryMmap,
-    mut images: Images,
-) -> Result<(LoadedKernel, Option<(GuestAddress, u64)>), Error> {
-    let image_error = |what: &str, path: &Path| {
-        let what = source.describe(what, path);
-        move |source| Error::Image { what, source }
-    };
-    let kernel = kernel::load_kernel(mem, &mut images.kernel)
-        .map_err(image_error("kernel", source.kernel()))?;
-    let initrd = match (source.initrd(), images.initrd.as_mut()) {
-        (Some(path), Some(f)) => {
-            Some(kernel::load_initrd(mem, f, &kernel).map_err(image_error("initrd", path))?)
+    images: Images,
+    confine: bool,
+) -> Result<Loaded, Error> {
+    let (mut kernel_file, mut initrd_file, names, cmdline) = match images {
+        Images::Files { kernel, initrd } => {
+            let names = (
+                source.describe("kernel", source.kernel().unwrap_or(Path::new(""))),
+                source.describe("initrd", source.initrd().unwrap_or(Path::new(""))),
+            );
+            (kernel, initrd, names, source.cmdline().to_string())
         }
-        _ => None,
+        Images::Disk(disk) => {
+            let what = source.describe("disk 1", Path::new(""));
+            let what = what.trim_end().to_string();
+            let limits = boot_disk::Limits::new(u64::from(source.memory_mib()) << 20);
+            let found = disk_boot::find(disk, limits, confine)
+                .map_err(|source| Error::DiskBoot { what, source })?;
+            let with = match found.initrd {
+                Some(_) => "with its initrd",
+                None => "without an initrd",
+            };
+            log::info!("booting {} {with}", found.found);
+            let names = (
+                format!("{}: kernel", found.found),
+                format!("{}: initrd", found.found),
+            );
+            let cmdline = format!("{} {}", found.cmdline, source.cmdline());
+            (
+                found.kernel,
+                found.initrd,
+                names,
+                cmdline.trim().to_string(),
+            )
+        }
     };
-    Ok((kernel, initrd))
+    let kernel = kernel::load_kernel(mem, &mut kernel_file).map_err(|e| Error::Image {
+        what: names.0,
+        source: e,
+    })?;
+    let initrd = match initrd_file.as_mut() {
+        Some(f) => Some(
+            kernel::load_initrd(mem, f, &kernel).map_err(|e| Error::Image {
+                what: names.1,
+                source: e,
+            })?,
+        ),
+        None => None,
+    };
+    Ok(Loaded {
+        kernel,
+        initrd,
+        cmdline,
+    })
 }
 
 /// Everything the VM needs that may take root to open, opened before the
@@ -170,7 +265,7 @@ pub fn open_host(source: &VmSource, fds: HandedFds) -> Result<HostResources, Err
     if source.vcpus() == 0 {
         return Err(Error::NoVcpus);
     }
-    let images = open_images(source)?;
+    let images = open_images(source, fds)?;
     let kvm = Kvm::new().map_err(Error::Kvm);
     let devices = match source.guest() {
         Some(guest) => mmio::open_devices(guest, fds),
@@ -202,9 +297,13 @@ pub fn guest_memory(source: &VmSource) -> Result<GuestMemoryMmap, Error> {
 
 /// Builds the VM from what [`open_host`] opened. Runs after the privilege
 /// drop: this is where the kernel images are parsed.
-pub fn build(source: &VmSource, host: HostResources) -> Result<Vmm, Error> {
+pub fn build(source: &VmSource, host: HostResources, confine: bool) -> Result<Vmm, Error> {
     let mem = guest_memory(source)?;
-    let (kernel, initrd) = load_images(source, &mem, host.images)?;
+    let Loaded {
+        kernel,
+        initrd,
+        cmdline,
+    } = load_images(source, &mem, host.images, confine)?;
 
     let kvm = host.kvm?;
     let vcpu_count = source.vcpus();
@@ -233,14 +332,13 @@ pub fn build(source: &VmSource, host: HostResources) -> Result<Vmm, Error> {
         None => mmio::Attached::default(),
     };
 
-    let cmdline =
-        boot::build_cmdline(source.cmdline(), &virtio.slots).map_err(|e| Error::Cmdline {
-            definition: source
-                .definition()
-                .map(|def| format!("{}: ", def.display()))
-                .unwrap_or_default(),
-            source: e,
-        })?;
+    let cmdline = boot::build_cmdline(&cmdline, &virtio.slots).map_err(|e| Error::Cmdline {
+        definition: source
+            .definition()
+            .map(|def| format!("{}: ", def.display()))
+            .unwrap_or_default(),
+        source: e,
+    })?;
     let rsdp = acpi::create_tables(&mem, vcpu_count)?;
     regs::setup_boot_tables(&mem)?;
     let ram = layout::ram_regions(u64::from(source.memory_mib()) << 20);

@@ -24,6 +24,7 @@ mod builder;
 mod cloud_init;
 mod device_manager;
 mod devices;
+mod disk_boot;
 mod exit;
 mod lifecycle;
 pub mod logger;
@@ -34,6 +35,7 @@ mod signals;
 mod terminal;
 mod vstate;
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
 use std::time::Instant;
@@ -85,7 +87,12 @@ pub fn check(file: &Path) -> Result<(), Error> {
     let source = VmSource::load(file)?;
     source.check_files()?;
     let mem = builder::guest_memory(&source)?;
-    builder::load_images(&source, &mem, builder::open_images(&source)?)?;
+    let no_fds = BTreeMap::new();
+    let fds = HandedFds {
+        disks: &no_fds,
+        taps: &no_fds,
+    };
+    builder::load_images(&source, &mem, builder::open_images(&source, fds)?, true)?;
     Ok(())
 }
 
@@ -106,7 +113,7 @@ pub fn run(launch: &Launch, started: Instant) -> Result<VmmExit, Error> {
     // the kernel images and build the devices.
     let host = builder::open_host(&source, fds)?;
     privileges::drop_to(launch.ids)?;
-    let vmm = builder::build(&source, host)?;
+    let vmm = builder::build(&source, host, launch.seccomp)?;
     let opts = RunOptions {
         seccomp: launch.seccomp,
         shutdown_timeout: launch.shutdown_timeout,

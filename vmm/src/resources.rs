@@ -125,16 +125,18 @@ impl VmSource {
         }
     }
 
-    pub fn kernel(&self) -> &Path {
+    /// The kernel file; `None` when the guest boots what its first disk
+    /// holds.
+    pub fn kernel(&self) -> Option<&Path> {
         match self {
-            VmSource::Definition(guest) => &guest.boot.kernel,
-            VmSource::AdHoc { kernel, .. } => kernel,
+            VmSource::Definition(guest) => guest.boot.kernel(),
+            VmSource::AdHoc { kernel, .. } => Some(kernel),
         }
     }
 
     pub fn initrd(&self) -> Option<&Path> {
         match self {
-            VmSource::Definition(guest) => guest.boot.initrd.as_deref(),
+            VmSource::Definition(guest) => guest.boot.initrd(),
             VmSource::AdHoc { initrd, .. } => initrd.as_deref(),
         }
     }
@@ -197,7 +199,7 @@ mod tests {
     fn describe_relative_to_definition() {
         let source = ad_hoc("guests/web/bzImage");
         assert_eq!(
-            source.describe("kernel", source.kernel()),
+            source.describe("kernel", source.kernel().unwrap()),
             "kernel guests/web/bzImage"
         );
         let guest = hvconfig::parse_guest(
@@ -207,7 +209,7 @@ mod tests {
         .unwrap();
         let source = VmSource::Definition(Box::new(guest));
         assert_eq!(
-            source.describe("kernel", source.kernel()),
+            source.describe("kernel", source.kernel().unwrap()),
             "guests/x.toml: kernel web/bzImage"
         );
         assert_eq!(

@@ -70,6 +70,9 @@ pub enum ThreadKind {
     RngWorker,
     /// The thread that writes the serial console's output to stdout.
     Console,
+    /// The thread that searches the guest's disk for a kernel to boot
+    /// (`disk_boot`): it reads the disk and allocates, nothing more.
+    BootLoader,
 }
 
 impl ThreadKind {
@@ -163,6 +166,9 @@ fn syscalls(kind: ThreadKind) -> &'static [i64] {
         // Writes to stdout are in the list; sleeping out a full
         // non-blocking stdout is all it adds.
         ThreadKind::Console => &[libc::SYS_nanosleep, libc::SYS_clock_nanosleep],
+        // `pread64` on the disk is added in `rules`; a file system parser
+        // needs nothing else.
+        ThreadKind::BootLoader => &[],
     }
 }
 
@@ -186,7 +192,8 @@ fn ioctls(kind: ThreadKind) -> &'static [u64] {
         ThreadKind::BlockWorker
         | ThreadKind::NetWorker
         | ThreadKind::RngWorker
-        | ThreadKind::Console => &[],
+        | ThreadKind::Console
+        | ThreadKind::BootLoader => &[],
     }
 }
 
@@ -286,6 +293,13 @@ fn rules(kind: ThreadKind, fds: Fds) -> Result<BTreeMap<i64, Vec<SeccompRule>>, 
     memory_rules(&mut map)?;
     match fds {
         Fds::Worker(fds) if is_virtio_worker(kind) => worker_rules(&mut map, fds)?,
+        // Reads only: the guest's disk is never written while booting;
+        // `write` is for log lines (the FAT reader warns about a corrupt
+        // volume) on stderr.
+        Fds::Worker(fds) if kind == ThreadKind::BootLoader => {
+            on_fds(&mut map, libc::SYS_pread64, fds.disk.as_slice())?;
+            on_fds(&mut map, libc::SYS_write, &fds.write)?;
+        }
         Fds::Worker(_) => {}
         Fds::Spare(disks) if !is_virtio_worker(kind) => {
             // One rule: the fd is none of the disks.
@@ -350,6 +364,7 @@ const ALL_KINDS: &[ThreadKind] = &[
     ThreadKind::NetWorker,
     ThreadKind::RngWorker,
     ThreadKind::Console,
+    ThreadKind::BootLoader,
 ];
 
 extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
@@ -392,19 +407,19 @@ mod tests {
         WorkerFds {
             read: vec![10, 11],
             write: vec![2, 12, 11],
-            disk: (kind == ThreadKind::BlockWorker).then_some(13),
+            disk: matches!(kind, ThreadKind::BlockWorker | ThreadKind::BootLoader).then_some(13),
         }
     }
 
     fn rules_of(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
-        match is_virtio_worker(kind) {
+        match is_virtio_worker(kind) || kind == ThreadKind::BootLoader {
             true => rules(kind, Fds::Worker(&sample_fds(kind))).unwrap(),
             false => rules(kind, Fds::Spare(&[13])).unwrap(),
         }
     }
 
     fn compiled(kind: ThreadKind, fds: &WorkerFds) -> BpfProgram {
-        match is_virtio_worker(kind) {
+        match is_virtio_worker(kind) || kind == ThreadKind::BootLoader {
             true => worker_filter(kind, fds).unwrap(),
             false => filter(kind, fds.disk.as_slice()).unwrap(),
         }
@@ -671,7 +686,43 @@ mod tests {
                 "{kind:?}: write(2) on the disk"
             );
         }
+        // The boot loader reads the disk and writes nothing, not even
+        // positioned, and opens nothing.
+        let fds = WorkerFds {
+            disk: Some(disk.as_raw_fd()),
+            ..WorkerFds::default()
+        };
+        let program = &compiled(ThreadKind::BootLoader, &fds);
+        assert_eq!(
+            run_filtered(program, positioned_read_on_disk),
+            Ended::Exited(0)
+        );
+        for (probe, what) in [
+            (positioned_write_on_disk as fn(), "pwrite64 on the disk"),
+            (plain_write_on_disk, "write on the disk"),
+            (open_a_file, "openat"),
+        ] {
+            assert_eq!(
+                run_filtered(program, probe),
+                Ended::Signal(libc::SIGSYS),
+                "boot loader: {what}"
+            );
+        }
         // Nothing reached the file but the one positioned byte.
         assert_eq!(disk.metadata().unwrap().len(), 1);
+    }
+
+    fn positioned_read_on_disk() {
+        let mut byte = [0u8; 1];
+        // SAFETY: reading into a valid one-byte buffer from the disk fd.
+        if unsafe { libc::pread64(disk_fd(), byte.as_mut_ptr().cast(), 1, 0) } < 0 {
+            // SAFETY: leaving the child.
+            unsafe { libc::_exit(103) };
+        }
+    }
+
+    fn open_a_file() {
+        // SAFETY: a NUL-terminated path; the filter stops the call.
+        unsafe { libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY) };
     }
 }

@@ -553,8 +553,11 @@ mod tests {
         // vmm will use (`..` and all).
         let web = loaded.guests.first().expect("web");
         assert_eq!(web.file, dir.path().join("hv/guests/web.toml"));
-        assert_eq!(fs::read(&web.boot.kernel).expect("kernel"), kernel_bytes());
-        let initrd = web.boot.initrd.as_ref().expect("initrd");
+        assert_eq!(
+            fs::read(web.boot.kernel().expect("kernel")).expect("kernel"),
+            kernel_bytes()
+        );
+        let initrd = web.boot.initrd().expect("initrd");
         assert_eq!(fs::read(initrd).expect("initrd"), b"initrd");
         assert!(hvconfig::load_guest(&web.file).is_ok());
         assert!(dir.path().join("hv/host.toml").is_file());

@@ -142,7 +142,10 @@ mod tests {
         assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
         assert_eq!(remote.expect("remote").dir(), dir.path().join("cfg/"));
         let guest = loaded.guests.first().expect("guest");
-        assert_eq!(guest.boot.kernel, dir.path().join("cfg/guests/a/bzImage"));
-        assert!(guest.boot.kernel.is_file());
+        assert_eq!(
+            guest.boot.kernel().expect("kernel"),
+            dir.path().join("cfg/guests/a/bzImage")
+        );
+        assert!(guest.boot.kernel().expect("kernel").is_file());
     }
 }

@@ -90,6 +90,18 @@ pub fn irqfd(vm: &VmFd, gsi: u32) -> Result<EventFd, Error> {
     Ok(evt)
 }
 
+/// A close-on-exec duplicate of a handed fd, for a second user of it that
+/// only reads positioned (the boot loader beside the block device).
+pub fn dup_fd(fd: RawFd) -> io::Result<std::fs::File> {
+    // SAFETY: fcntl on an fd number; the kernel checks that it is open.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `new` was just created and nothing else owns it.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(new) })
+}
+
 fn insert<D: BusDevice + 'static>(
     bus: &mut Bus,
     device: Arc<Mutex<D>>,
