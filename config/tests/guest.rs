@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use hvconfig::guest::{Boot, Disk, DiskSource, Lifecycle, Machine, Net, RestartPolicy, Rng};
+use hvconfig::guest::{
+    Boot, Disk, DiskSource, Lifecycle, Machine, Net, RestartPolicy, Rng, VirtioTransport,
+};
 use hvconfig::{parse_guest, GuestConfig, MacAddr};
 
 const FILE: &str = "guests/web.toml";
@@ -23,6 +25,7 @@ const FULL: &str = r#"# every field set
 [machine]
 vcpus = 2
 memory_mib = 512
+virtio = "mmio"
 
 [boot]
 kernel = "web/bzImage"
@@ -69,7 +72,8 @@ fn full_example_parses_with_every_field() {
             file: PathBuf::from(FILE),
             machine: Machine {
                 vcpus: 2,
-                memory_mib: 512
+                memory_mib: 512,
+                virtio: VirtioTransport::Mmio,
             },
             boot: Boot {
                 kernel: "guests/web/bzImage".into(),
@@ -123,7 +127,8 @@ fn minimal_definition_gets_every_default() {
         g.machine,
         Machine {
             vcpus: 1,
-            memory_mib: 128
+            memory_mib: 128,
+            virtio: VirtioTransport::Pci,
         }
     );
     assert_eq!(g.boot.kernel, PathBuf::from("/k/bzImage"));
@@ -226,7 +231,7 @@ fn guest_name_must_follow_the_rule() {
 fn range_errors_point_at_the_value() {
     assert_eq!(
         err("[machine]\nvcpus = 1\n  vcpus2 = 3\n"),
-        "guests/web.toml:3:3: unknown key 'vcpus2' in [machine] (allowed: vcpus, memory_mib)"
+        "guests/web.toml:3:3: unknown key 'vcpus2' in [machine] (allowed: vcpus, memory_mib, virtio)"
     );
     assert_eq!(
         err("[boot]\nkernel = \"k\"\n[machine]\nvcpus = 64\n"),
@@ -344,6 +349,15 @@ fn bad_values_are_explained() {
         err(&format!("{k}[lifecycle]\nrestart = \"sometimes\"\n")),
         "guests/web.toml:4:11: restart = \"sometimes\" is not a restart policy \
          (allowed: always, on-failure, never)"
+    );
+    assert_eq!(
+        err(&format!("{k}[machine]\nvirtio = \"legacy\"\n")),
+        "guests/web.toml:4:10: virtio = \"legacy\" is not a virtio transport \
+         (allowed: pci, mmio)"
+    );
+    assert_eq!(
+        err(&format!("{k}[machine]\nvirtio = 1\n")),
+        "guests/web.toml:4:10: virtio must be a string, found an integer"
     );
     assert_eq!(
         err(&format!("{k}[[disk]]\npath = \"LABEL=\"\n")),
