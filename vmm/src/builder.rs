@@ -10,6 +10,7 @@ use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use hvconfig::guest::VirtioTransport;
 use hvcontract::VmmExit;
 use kvm_ioctls::Kvm;
 use vm_memory::mmap::FromRangesError;
@@ -18,7 +19,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use crate::arch::x86_64::boot::{self, BootInfo};
 use crate::arch::x86_64::kernel::{self, LoadedKernel};
 use crate::arch::x86_64::{acpi, layout, regs};
-use crate::device_manager::{self, legacy, mmio, HandedFds};
+use crate::device_manager::{self, legacy, mmio, pci, HandedFds};
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::bus::Bus;
 use crate::devices::legacy::{SerialDevice, I8042};
@@ -203,20 +204,33 @@ pub fn build(source: &VmSource, host: HostResources) -> Result<Vmm, Error> {
     let mut mmio_bus = Bus::new("MMIO");
     let legacy = legacy::attach(&vm, &exit, &mut pio)?;
     let devices = host.devices?;
-    let virtio = match source.guest() {
-        Some(guest) => mmio::attach(guest, devices, &vm, &mem, &mut mmio_bus)?,
-        None => mmio::Attached::default(),
+    let (workers, pci_slots, mmio_slots) = match source.guest() {
+        Some(guest) => match guest.machine.virtio {
+            VirtioTransport::Pci => {
+                let a = pci::attach(guest, devices, &vm, &mem, &mut pio, &mut mmio_bus)?;
+                (a.workers, Some(a.slots), Vec::new())
+            }
+            VirtioTransport::Mmio => {
+                let a = mmio::attach(guest, devices, &vm, &mem, &mut mmio_bus)?;
+                (a.workers, None, a.slots)
+            }
+        },
+        // An ad-hoc kernel has no devices, and no PCI bus to probe.
+        None => (Vec::new(), None, Vec::new()),
     };
 
-    let cmdline =
-        boot::build_cmdline(source.cmdline(), &virtio.slots).map_err(|e| Error::Cmdline {
-            definition: source
-                .definition()
-                .map(|def| format!("{}: ", def.display()))
-                .unwrap_or_default(),
-            source: e,
-        })?;
-    let rsdp = acpi::create_tables(&mem, vcpu_count)?;
+    let cmdline = boot::build_cmdline(source.cmdline()).map_err(|e| Error::Cmdline {
+        definition: source
+            .definition()
+            .map(|def| format!("{}: ", def.display()))
+            .unwrap_or_default(),
+        source: e,
+    })?;
+    let acpi_devices = acpi::Devices {
+        pci: pci_slots.as_deref(),
+        virtio_mmio: &mmio_slots,
+    };
+    let rsdp = acpi::create_tables(&mem, vcpu_count, &acpi_devices)?;
     regs::setup_boot_tables(&mem)?;
     let ram = layout::ram_regions(u64::from(source.memory_mib()) << 20);
     boot::write_boot_params(
@@ -253,7 +267,7 @@ pub fn build(source: &VmSource, host: HostResources) -> Result<Vmm, Error> {
         i8042: legacy.i8042,
         pm: legacy.pm,
         exit,
-        workers: virtio.workers,
+        workers,
         mem,
         _kvm: kvm,
     })

@@ -37,18 +37,16 @@ const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
 const KERNEL_LOADER_OTHER: u8 = 0xff;
 const KERNEL_MIN_ALIGNMENT_BYTES: u32 = 0x100_0000;
 
-/// Guest command line: the definition's own, then one `virtio_mmio.device=`
-/// per device (the guest has no other way to discover them).
-pub fn build_cmdline(base: &str, virtio: &[(u64, u32)]) -> Result<Cmdline, Error> {
+/// Guest command line: the definition's own. The virtio devices are
+/// found through ACPI (the PCI root bus, or `LNRO0005` devices for
+/// virtio-mmio), so nothing is appended: a kernel built with
+/// VIRTIO_MMIO_CMDLINE_DEVICES that also got `virtio_mmio.device=` would
+/// probe each window twice, and the second probe fails with EBUSY.
+pub fn build_cmdline(base: &str) -> Result<Cmdline, Error> {
     let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(Error::CmdlineBuffer)?;
     let base = base.trim();
     if !base.is_empty() {
         cmdline.insert_str(base).map_err(Error::Cmdline)?;
-    }
-    for &(addr, gsi) in virtio {
-        cmdline
-            .insert_str(format!("virtio_mmio.device=4K@{addr:#x}:{gsi}"))
-            .map_err(Error::Cmdline)?;
     }
     Ok(cmdline)
 }
@@ -125,28 +123,24 @@ mod tests {
     use vm_memory::Bytes;
 
     #[test]
-    fn cmdline_appends_virtio_devices() {
-        let c = build_cmdline(
-            " console=ttyS0 quiet ",
-            &[(0xd000_0000, 5), (0xd000_1000, 6)],
-        )
-        .unwrap();
+    fn cmdline_is_the_definitions_trimmed() {
+        let c = build_cmdline(" console=ttyS0 quiet ").unwrap();
         assert_eq!(
             c.as_cstring().unwrap().to_str().unwrap(),
-            "console=ttyS0 quiet virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
+            "console=ttyS0 quiet"
         );
     }
 
     #[test]
     fn empty_cmdline_is_fine() {
-        let c = build_cmdline("", &[]).unwrap();
+        let c = build_cmdline("").unwrap();
         assert_eq!(c.as_cstring().unwrap().to_str().unwrap(), "");
     }
 
     #[test]
     fn overlong_cmdline_is_an_error() {
         let long = "x".repeat(CMDLINE_MAX_SIZE + 1);
-        assert!(build_cmdline(&long, &[]).is_err());
+        assert!(build_cmdline(&long).is_err());
     }
 
     #[test]
@@ -157,7 +151,7 @@ mod tests {
             end: 0x200_0000,
             setup_header: None,
         };
-        let cmdline = build_cmdline("console=ttyS0", &[]).unwrap();
+        let cmdline = build_cmdline("console=ttyS0").unwrap();
         let info = BootInfo {
             kernel: &kernel,
             cmdline: &cmdline,

@@ -52,10 +52,12 @@
 //! `futex` (the reset handshake) when it touches a transport.
 
 mod block;
+mod common;
 mod complaints;
 mod interrupt;
 mod mmio;
 mod net;
+pub mod pci;
 mod queue;
 mod rng;
 mod tap;
@@ -70,6 +72,7 @@ pub(crate) use complaints::test_log as complaints_test_log;
 pub(crate) use complaints::Complaints;
 pub use mmio::MmioTransport;
 pub use net::Net;
+pub use pci::PciTransport;
 pub use queue::QueueContext;
 pub use rng::Rng;
 pub use tap::Tap;
