@@ -19,7 +19,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use crate::arch::x86_64::boot::{self, BootInfo};
 use crate::arch::x86_64::kernel::{self, LoadedKernel};
 use crate::arch::x86_64::{acpi, layout, regs};
-use crate::device_manager::{self, legacy, mmio, pci, HandedFds};
+use crate::device_manager::{self, legacy, mmio, pci, virtio, HandedFds};
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::bus::Bus;
 use crate::devices::legacy::{SerialDevice, I8042};
@@ -166,7 +166,7 @@ pub fn open_host(source: &VmSource, fds: HandedFds) -> Result<HostResources, Err
     let images = open_images(source)?;
     let kvm = Kvm::new().map_err(Error::Kvm);
     let devices = match source.guest() {
-        Some(guest) => mmio::open_devices(guest, fds),
+        Some(guest) => virtio::open_devices(guest, fds),
         None => Ok(Vec::new()),
     };
     Ok(HostResources {

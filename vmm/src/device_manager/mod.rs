@@ -6,6 +6,7 @@
 pub mod legacy;
 pub mod mmio;
 pub mod pci;
+pub mod virtio;
 
 use std::collections::BTreeMap;
 use std::io;
