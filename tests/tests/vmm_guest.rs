@@ -56,13 +56,32 @@ fn expect_in_order(
 }
 
 #[test]
-fn guest_sees_its_cpus_memory_disk_nic_and_rng() -> Result<(), hv_tests::Error> {
+fn guest_sees_its_cpus_memory_disk_nic_and_rng_over_pci() -> Result<(), hv_tests::Error> {
+    // The root bus, and MSI-X vectors for every device.
+    guest_sees_its_devices("pci", "pci0000:00/0000:00:01.0", |msi| msi > 0)
+}
+
+#[test]
+fn guest_sees_its_cpus_memory_disk_nic_and_rng_over_mmio() -> Result<(), hv_tests::Error> {
+    // Found through the DSDT's LNRO0005 devices alone; no MSI.
+    guest_sees_its_devices("mmio", "platform/LNRO0005:00", |msi| msi == 0)
+}
+
+/// Boots a guest whose devices use `transport`; vda must sit at `vda_at`
+/// under /sys/devices, and `msi_ok` judges the count of MSI lines in the
+/// guest's /proc/interrupts.
+fn guest_sees_its_devices(
+    transport: &str,
+    vda_at: &str,
+    msi_ok: fn(u32) -> bool,
+) -> Result<(), hv_tests::Error> {
     let nonce = nonce();
     let definition = format!(
         r#"
 [machine]
 vcpus = 2
 memory_mib = 256
+virtio = "{transport}"
 
 [boot]
 kernel = "bzImage"
@@ -98,6 +117,8 @@ else
 fi
 echo "guest: rng_current=$(cat /sys/class/misc/hw_random/rng_current 2>&1)"
 echo "guest: hwrng gave $(head -c 64 /dev/hwrng | wc -c) bytes"
+echo "guest: vda at $(readlink -f /sys/block/vda | cut -d/ -f4-5)"
+echo "guest: msi lines=$(grep -c PCI-MSI /proc/interrupts)"
 echo "rig-marker-$nonce" | dd of=/dev/vda bs=512 seek=2048 conv=fsync 2>/dev/null &&
     echo "guest: marker written"
 sync
@@ -121,7 +142,7 @@ fi
     );
     let mut vm = Rig::new(&script)?
         .guest(guest_rc, &definition)?
-        .boot("vmm_guest_devices")?;
+        .boot(&format!("vmm_guest_devices_{transport}"))?;
     vm.wait_for(r"^rig: L1 up at .* kvm yes$", L1_UP)?;
     vm.wait_for(r"^guest: init started$", GUEST_UP)?;
     let seen = expect_in_order(
@@ -134,6 +155,8 @@ fi
             r"^guest: ping 10\.0\.2\.1 ",
             r"^guest: rng_current=",
             r"^guest: hwrng gave ",
+            r"^guest: vda at ",
+            r"^guest: msi lines=",
             r"^guest: marker written$",
             r"^guest: powering off$",
         ],
@@ -160,6 +183,11 @@ fi
     assert_eq!(seen[4], "guest: ping 10.0.2.1 ok");
     assert_eq!(seen[5], "guest: rng_current=virtio_rng.0");
     assert_eq!(seen[6], "guest: hwrng gave 64 bytes");
+    assert_eq!(seen[7], format!("guest: vda at {vda_at}"));
+    let msi: u32 = seen[8]["guest: msi lines=".len()..]
+        .parse()
+        .unwrap_or_else(|_| panic!("{:?}", seen[8]));
+    assert!(msi_ok(msi), "{transport}: {msi} MSI lines");
     assert_eq!(exit, "rig: vmm exit=0");
     assert_eq!(disk, "rig: marker found in the disk image");
     Ok(())
