@@ -190,6 +190,21 @@ impl Configuration {
         }
     }
 
+    /// Lets the guest change all bits of `len` bytes from `offset`.
+    pub fn set_writable_bytes(&mut self, offset: usize, len: usize) {
+        for at in offset..offset.saturating_add(len) {
+            let shift = (at % 4) * 8;
+            if let Some(w) = self.writable.get_mut(at / 4) {
+                *w |= 0xff << shift;
+            }
+        }
+    }
+
+    /// The guest's view of the `u32` at `offset` (dword aligned).
+    pub fn read_u32(&self, offset: usize) -> u32 {
+        self.reg(offset / 4)
+    }
+
     /// The guest's view of the `u16` at `offset` (which must not cross a
     /// dword).
     pub fn read_u16(&self, offset: usize) -> u16 {

@@ -25,6 +25,11 @@ const ADDRESS_ENABLE: u32 = 1 << 31;
 /// A function on the bus.
 pub trait PciDevice: Send {
     fn config(&self) -> &Configuration;
+    /// A guest read of the configuration space at byte `offset`; devices
+    /// with registers that act on reads override it.
+    fn config_read(&mut self, offset: usize, data: &mut [u8]) {
+        self.config().read(offset, data);
+    }
     /// A guest write to the configuration space at byte `offset`; devices
     /// that react to their registers (BAR moves, MSI-X control) override it.
     fn config_write(&mut self, offset: usize, data: &[u8]);
@@ -184,7 +189,7 @@ impl BusDevice for ConfigIo {
         match self.target(offset - 4) {
             // An access never crosses the dword: the data window is 4 bytes.
             Some((dev, at)) if offset - 4 + data.len() as u64 <= 4 => {
-                lock(dev).config().read(at, data)
+                lock(dev).config_read(at, data)
             }
             _ => data.fill(0xff),
         }

@@ -59,6 +59,15 @@ const CFG_TYPE_COMMON: u8 = 1;
 const CFG_TYPE_NOTIFY: u8 = 2;
 const CFG_TYPE_ISR: u8 = 3;
 const CFG_TYPE_DEVICE: u8 = 4;
+/// The window onto the BAR through configuration space, which the spec
+/// makes every device offer (for firmware that cannot map BARs).
+const CFG_TYPE_PCI_CFG: u8 = 5;
+/// Where, in that capability, the driver puts bar/offset/length and the
+/// data it moves.
+const PCI_CFG_BAR: usize = 4;
+const PCI_CFG_OFFSET: usize = 8;
+const PCI_CFG_LENGTH: usize = 12;
+const PCI_CFG_DATA: usize = 16;
 
 /// Common configuration registers (virtio 1.x, 4.1.4.3).
 pub mod common_cfg {
@@ -188,6 +197,8 @@ pub struct PciTransport {
     config: Configuration,
     irq: Arc<PciIrq>,
     msix_cap: usize,
+    /// The VIRTIO_PCI_CAP_PCI_CFG capability.
+    cfg_cap: usize,
     doorbells: Doorbells,
 }
 
@@ -320,6 +331,11 @@ impl PciTransport {
                 .add_capability(CAP_ID_VENDOR, &body)
                 .map_err(cfg_error)?;
         }
+        let cfg_cap = config
+            .add_capability(CAP_ID_VENDOR, &virtio_cap(CFG_TYPE_PCI_CFG, 0, 0, &[0; 4]))
+            .map_err(cfg_error)?;
+        config.set_writable_bytes(cfg_cap + PCI_CFG_BAR, 1);
+        config.set_writable_bytes(cfg_cap + PCI_CFG_OFFSET, 8);
         // Decoding on, as firmware leaves a function it assigned.
         config.set_command(COMMAND_MEMORY);
         Ok(PciTransport {
@@ -327,6 +343,7 @@ impl PciTransport {
             config,
             irq,
             msix_cap,
+            cfg_cap,
             doorbells: Doorbells { vm: None, at: None },
         })
     }
@@ -511,12 +528,45 @@ fn region(offset: u64) -> (u64, u64) {
     (start, offset - start)
 }
 
+impl PciTransport {
+    /// The BAR access the VIRTIO_PCI_CAP_PCI_CFG window selects, if
+    /// `offset..offset + len` is exactly its data field's first `length`
+    /// bytes: (bar, offset in the BAR, length).
+    fn cfg_window(&self, offset: usize, len: usize) -> Option<(usize, u64, usize)> {
+        let data = self.cfg_cap + PCI_CFG_DATA;
+        let length = self.config.read_u32(self.cfg_cap + PCI_CFG_LENGTH) as usize;
+        let at = u64::from(self.config.read_u32(self.cfg_cap + PCI_CFG_OFFSET));
+        let mut bar = [0u8; 1];
+        self.config.read(self.cfg_cap + PCI_CFG_BAR, &mut bar);
+        let valid = matches!(length, 1 | 2 | 4) && at % length as u64 == 0;
+        (offset == data && len >= length && valid).then_some((usize::from(bar[0]), at, length))
+    }
+}
+
 impl PciDevice for PciTransport {
     fn config(&self) -> &Configuration {
         &self.config
     }
 
+    fn config_read(&mut self, offset: usize, data: &mut [u8]) {
+        match self.cfg_window(offset, data.len()) {
+            Some((bar, at, length)) => {
+                data.fill(0);
+                if let Some(window) = data.get_mut(..length) {
+                    self.bar_read(bar, at, window);
+                }
+            }
+            None => self.config.read(offset, data),
+        }
+    }
+
     fn config_write(&mut self, offset: usize, data: &[u8]) {
+        if let Some((bar, at, length)) = self.cfg_window(offset, data.len()) {
+            if let Some(window) = data.get(..length) {
+                self.bar_write(bar, at, window);
+            }
+            return;
+        }
         self.config.write(offset, data);
         let control = self.msix_cap + 2;
         if offset < control + 2 && offset + data.len() > control && offset < CONFIG_SIZE {
@@ -659,7 +709,8 @@ mod tests {
                 (1, 0, 0x0000, 0x38),
                 (2, 0, 0x3000, 4),
                 (3, 0, 0x1000, 1),
-                (4, 0, 0x2000, 0x1000)
+                (4, 0, 0x2000, 0x1000),
+                (5, 0, 0, 0)
             ]
         );
         let notify = caps.iter().find(|c| c.1 == 0x09 && c.2[3] == 2).unwrap();
@@ -669,6 +720,39 @@ mod tests {
             4,
             "notify_off_multiplier"
         );
+    }
+
+    #[test]
+    fn the_pci_cfg_capability_reaches_the_bar() {
+        let mut d = rng();
+        let cap = capabilities(&mut d)
+            .into_iter()
+            .find(|c| c.1 == 0x09 && c.2[3] == 5)
+            .expect("VIRTIO_PCI_CAP_PCI_CFG")
+            .0;
+        let select = |d: &mut Driver, offset: u32, length: u32| {
+            cfg_write(d, cap + 4, &[0]);
+            cfg_write(d, cap + 8, &offset.to_le_bytes());
+            cfg_write(d, cap + 12, &length.to_le_bytes());
+        };
+        // num_queues through the window.
+        select(&mut d, NUM_QUEUES as u32, 2);
+        let mut b = [0u8; 4];
+        d.dev.pci().config_read(cap + 16, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 1);
+        // A status write through the window.
+        select(&mut d, DEVICE_STATUS as u32, 1);
+        d.dev.pci().config_write(cap + 16, &[1, 0, 0, 0]);
+        assert_eq!(d.status(), 1);
+        // Misaligned or bad lengths move nothing: the bytes are plain
+        // (read-only) configuration space then.
+        select(&mut d, NUM_QUEUES as u32 + 1, 2);
+        d.dev.pci().config_read(cap + 16, &mut b);
+        assert_eq!(b, [0; 4]);
+        select(&mut d, NUM_QUEUES as u32, 3);
+        d.dev.pci().config_write(cap + 16, &[9, 9, 9, 9]);
+        d.dev.pci().config_read(cap + 16, &mut b);
+        assert_eq!(b, [0; 4]);
     }
 
     #[test]
