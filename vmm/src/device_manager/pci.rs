@@ -84,7 +84,7 @@ pub fn attach(
         let mut transport = PciTransport::new(mem.clone(), device, pci_bar_addr(slot), irqs)
             .map_err(|source| Error::Transport { index, source })?;
         transport
-            .register_doorbells(vm.clone())
+            .register_doorbells(vm.clone(), PCI_MMIO_START..PCI_MMIO_START + PCI_MMIO_SIZE)
             .map_err(Error::IoEventFd)?;
         attached.workers.extend(transport.take_worker_gate());
         if !bus.insert(slot, Arc::new(Mutex::new(transport))) {

@@ -13,6 +13,7 @@
 #![allow(clippy::cast_possible_truncation)]
 
 use std::io;
+use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -152,13 +153,18 @@ impl IrqSink for PciSink {
                 state.msix.signal(v);
             }
             Cause::Queues(mask) => {
+                let IrqState {
+                    msix,
+                    queue_vectors,
+                    ..
+                } = &mut *state;
                 let mut fired = 0u64;
-                for (i, v) in state.queue_vectors.clone().into_iter().enumerate() {
+                for (i, &v) in queue_vectors.iter().enumerate() {
                     // One interrupt per vector, however many of its queues
-                    // advanced; `signal` ignores NO_VECTOR.
+                    // advanced; NO_VECTOR and the like fail `v < 64`.
                     if i < 64 && mask & (1 << i) != 0 && v < 64 && fired & (1 << v) == 0 {
                         fired |= 1 << v;
-                        state.msix.signal(v);
+                        msix.signal(v);
                     }
                 }
             }
@@ -189,6 +195,9 @@ impl IrqSink for PciSink {
 struct Doorbells {
     vm: Option<Arc<VmFd>>,
     at: Option<u64>,
+    /// The PCI memory window: a BAR the guest moves out of it reaches
+    /// nothing, so its doorbells must not catch writes there either.
+    window: Range<u64>,
 }
 
 /// A virtio device as a PCI function.
@@ -344,7 +353,11 @@ impl PciTransport {
             irq,
             msix_cap,
             cfg_cap,
-            doorbells: Doorbells { vm: None, at: None },
+            doorbells: Doorbells {
+                vm: None,
+                at: None,
+                window: 0..u64::MAX,
+            },
         })
     }
 
@@ -355,20 +368,31 @@ impl PciTransport {
     }
 
     /// Registers the doorbells as KVM ioeventfds, so queue notifications
-    /// complete in the kernel; they follow the BAR if the guest moves it.
-    pub fn register_doorbells(&mut self, vm: Arc<VmFd>) -> Result<(), kvm_ioctls::Error> {
+    /// complete in the kernel; they follow the BAR if the guest moves it
+    /// inside `window` (the bus's memory window).
+    pub fn register_doorbells(
+        &mut self,
+        vm: Arc<VmFd>,
+        window: Range<u64>,
+    ) -> Result<(), kvm_ioctls::Error> {
+        self.doorbells.window = window;
         let at = self.doorbell_base();
         if let Some(base) = at {
             register(&vm, self.core.queue_notify_eventfds(), base)?;
         }
-        self.doorbells = Doorbells { vm: Some(vm), at };
+        self.doorbells.vm = Some(vm);
+        self.doorbells.at = at;
         Ok(())
     }
 
+    /// Where the doorbells are while BAR 0 decodes inside the window.
     fn doorbell_base(&self) -> Option<u64> {
+        let window = &self.doorbells.window;
         self.config
             .decoded_bars()
-            .find(|&(bar, _, _)| bar == 0)
+            .find(|&(bar, base, size)| {
+                bar == 0 && base >= window.start && base.saturating_add(size) <= window.end
+            })
             .map(|(_, base, _)| base + NOTIFY_OFFSET)
     }
 
@@ -423,7 +447,14 @@ impl PciTransport {
                 u64::from(irq.queue_vectors.get(queue).copied().unwrap_or(NO_VECTOR))
             }
             (QUEUE_ENABLE, 2) => u64::from(core.queue_ready()),
-            (QUEUE_NOTIFY_OFF, 2) => u64::from(exists).wrapping_mul(queue as u64),
+            // Doorbell `i` is queue `i`'s; a missing queue has none.
+            (QUEUE_NOTIFY_OFF, 2) => {
+                if exists {
+                    queue as u64
+                } else {
+                    0
+                }
+            }
             (QUEUE_DESC, 8) => desc,
             (QUEUE_DRIVER, 8) => avail,
             (QUEUE_DEVICE, 8) => used,
@@ -765,6 +796,11 @@ mod tests {
         cfg_write(&mut d, 0x10, &0xc001_0000u32.to_le_bytes());
         cfg_write(&mut d, 0x14, &[0; 4]);
         assert_eq!(d.dev.pci().config().bar(0), Some((0xc001_0000, BAR_SIZE)));
+        assert_eq!(d.dev.pci().doorbell_base(), Some(0xc001_3000));
+        // Outside the bus's window: no doorbells either.
+        d.dev.pci().doorbells.window = 0xc000_0000..0xc001_0000;
+        assert_eq!(d.dev.pci().doorbell_base(), None);
+        d.dev.pci().doorbells.window = 0xc000_0000..0xd000_0000;
         assert_eq!(d.dev.pci().doorbell_base(), Some(0xc001_3000));
         // Decoding off: no doorbells.
         cfg_write(&mut d, 4, &[0, 0]);
