@@ -600,12 +600,20 @@ impl PciDevice for PciTransport {
         }
         self.config.write(offset, data);
         let control = self.msix_cap + 2;
-        if offset < control + 2 && offset + data.len() > control && offset < CONFIG_SIZE {
-            let control = self.config.read_u16(control);
-            self.irq.lock().msix.set_control(control);
-        }
         let intx_disabled = self.config.command() & COMMAND_INTX_DISABLE != 0;
-        self.irq.lock().intx_disabled = intx_disabled;
+        let mut irq = self.irq.lock();
+        let intx_before = !irq.msix.enabled() && !irq.intx_disabled;
+        if offset < control + 2 && offset + data.len() > control && offset < CONFIG_SIZE {
+            irq.msix.set_control(self.config.read_u16(control));
+        }
+        irq.intx_disabled = intx_disabled;
+        let intx_now = !irq.msix.enabled() && !irq.intx_disabled;
+        drop(irq);
+        // Like a real line, INTx comes up again once unmasked (or MSI-X
+        // turned off) while the ISR still holds a cause.
+        if intx_now && !intx_before && self.core.interrupt.status() != 0 {
+            self.irq.assert_intx();
+        }
         self.move_doorbells();
     }
 
@@ -871,10 +879,19 @@ mod tests {
         assert_eq!(d.irq.read().unwrap(), 1, "INTx raised");
         assert_eq!(d.interrupt_status(), 1, "ISR: queue interrupt");
         assert_eq!(d.interrupt_status(), 0, "the read cleared it");
-        // INTx disabled in the command register: nothing.
+        // INTx disabled in the command register: nothing...
         cfg_write(&mut d, 4, &0x0406u16.to_le_bytes());
         d.submit(0, &[(DATA, 8, true)]);
         d.wait_used(0);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(d.irq.read().is_err());
+        // ...until it is enabled again: the pending cause raises it.
+        cfg_write(&mut d, 4, &0x0006u16.to_le_bytes());
+        assert_eq!(d.irq.read().unwrap(), 1);
+        assert_eq!(d.interrupt_status(), 1);
+        // Enabling with nothing pending raises nothing.
+        cfg_write(&mut d, 4, &0x0406u16.to_le_bytes());
+        cfg_write(&mut d, 4, &0x0006u16.to_le_bytes());
         assert!(d.irq.read().is_err());
     }
 
