@@ -233,6 +233,8 @@ pub fn build(source: &VmSource, host: HostResources) -> Result<Vmm, Error> {
     let rsdp = acpi::create_tables(&mem, vcpu_count, &acpi_devices)?;
     regs::setup_boot_tables(&mem)?;
     let ram = layout::ram_regions(u64::from(source.memory_mib()) << 20);
+    let ecam = [(layout::PCI_ECAM_START, layout::PCI_ECAM_SIZE)];
+    let reserved: &[(u64, u64)] = if pci_slots.is_some() { &ecam } else { &[] };
     boot::write_boot_params(
         &mem,
         &BootInfo {
@@ -240,6 +242,7 @@ pub fn build(source: &VmSource, host: HostResources) -> Result<Vmm, Error> {
             cmdline: &cmdline,
             initrd,
             ram: &ram,
+            reserved,
             rsdp,
         },
     )

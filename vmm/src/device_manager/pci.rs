@@ -1,6 +1,7 @@
 //! Puts the guest definition's virtio devices on a PCI root bus: the host
 //! bridge at 00:00.0, device `i` at 00:(i+1).0 with its BAR in the PCI
-//! window (`layout::pci_bar_addr`), the configuration ports at 0xCF8, one
+//! window (`layout::pci_bar_addr`), the configuration ports at 0xCF8 and
+//! ECAM at `layout::PCI_ECAM_START`, one
 //! MSI-X vector (irqfd + MSI route) per queue plus one, and pin A as a
 //! resample irqfd on its IOAPIC GSI for drivers that stay on INTx.
 
@@ -13,11 +14,12 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{insert, irqfd, Error};
 use crate::arch::x86_64::layout::{
-    pci_bar_addr, pci_intx_gsi, PCI_BAR_SIZE, PCI_CONFIG_PORT, PCI_MMIO_SIZE, PCI_MMIO_START,
+    pci_bar_addr, pci_intx_gsi, PCI_BAR_SIZE, PCI_CONFIG_PORT, PCI_ECAM_SIZE, PCI_ECAM_START,
+    PCI_MMIO_SIZE, PCI_MMIO_START,
 };
 use crate::devices::bus::Bus;
 use crate::devices::pci::msix::{MsiRouter, Vector};
-use crate::devices::pci::{self, ConfigIo, MmioWindow, PciBus};
+use crate::devices::pci::{self, ConfigIo, Ecam, MmioWindow, PciBus};
 use crate::devices::virtio::pci::{vectors_needed, IntxLine, PciInterrupts, BAR_SIZE};
 use crate::devices::virtio::{PciTransport, VirtioDevice, WorkerGate};
 
@@ -104,6 +106,12 @@ pub fn attach(
         Arc::new(Mutex::new(ConfigIo::new(bus.clone()))),
         u64::from(PCI_CONFIG_PORT),
         pci::CONFIG_IO_LEN,
+    )?;
+    insert(
+        mmio,
+        Arc::new(Mutex::new(Ecam::new(bus.clone()))),
+        PCI_ECAM_START,
+        PCI_ECAM_SIZE,
     )?;
     insert(
         mmio,

@@ -11,6 +11,7 @@ use acpi_tables::aml::{
 use acpi_tables::facs::FACS;
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::madt::{EnabledStatus, IoApic, ProcessorLocalApic};
+use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -18,8 +19,8 @@ use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout::{
-    ACPI_END, ACPI_START, APIC_ADDR, IOAPIC_ADDR, PCI_CONFIG_PORT, PCI_MMIO_SIZE, PCI_MMIO_START,
-    PM1A_CNT_PORT, PM1A_EVT_PORT, SCI_IRQ, VIRTIO_MMIO_SIZE,
+    ACPI_END, ACPI_START, APIC_ADDR, IOAPIC_ADDR, PCI_CONFIG_PORT, PCI_ECAM_SIZE, PCI_ECAM_START,
+    PCI_MMIO_SIZE, PCI_MMIO_START, PM1A_CNT_PORT, PM1A_EVT_PORT, SCI_IRQ, VIRTIO_MMIO_SIZE,
 };
 
 /// Why the tables could not be written: the vmm's problem, never the
@@ -142,7 +143,22 @@ fn pci_root(slots: &[(u8, u32)], out: &mut Vec<u8>) -> Result<(), Error> {
         vec![&hid, &cid, &adr, &seg, &uid, &bbn, &crs, &prt],
     )
     .to_aml_bytes(out);
+    // ECAM is a motherboard resource: Linux uses what the MCFG names only
+    // once it is reserved here (or in the E820 map).
+    let ecam = Memory32Fixed::new(false, below_4g(PCI_ECAM_START)?, below_4g(PCI_ECAM_SIZE)?);
+    let crs = ResourceTemplate::new(vec![&ecam]);
+    let hid = Name::new("_HID".into(), &EISAName::new("PNP0C02"));
+    let uid = Name::new("_UID".into(), &0u8);
+    let crs = Name::new("_CRS".into(), &crs);
+    Device::new("MRES".into(), vec![&hid, &uid, &crs]).to_aml_bytes(out);
     Ok(())
+}
+
+/// PCI Express memory-mapped configuration: one ECAM range, bus 0 only.
+fn mcfg() -> Vec<u8> {
+    let mut mcfg = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    mcfg.add_ecam(PCI_ECAM_START, 0, 0, 0);
+    bytes(&mcfg)
 }
 
 /// One `LNRO0005` device per virtio-mmio window (`\_SB_.VR00`, ...),
@@ -244,9 +260,13 @@ pub fn create_tables(
         devices.pci.is_some(),
     ));
     let madt = place(madt(vcpus));
+    let mcfg = devices.pci.map(|_| place(mcfg()));
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(fadt);
     xsdt.add_entry(madt);
+    if let Some(mcfg) = mcfg {
+        xsdt.add_entry(mcfg);
+    }
     let xsdt = place(bytes(&xsdt));
     let rsdp = place(bytes(&Rsdp::new(OEM_ID, xsdt)));
     if next > ACPI_END {
@@ -295,6 +315,7 @@ mod tests {
             dsdt(&Devices::default()).unwrap(),
             dsdt(&devices).unwrap(),
             madt(4),
+            mcfg(),
         ] {
             assert_eq!(sum(&t), 0, "{}", String::from_utf8_lossy(&t[..4]));
             assert_eq!(u32_at(&t, 4) as usize, t.len());
@@ -433,6 +454,47 @@ mod tests {
             );
         }
         assert!(find(&d, b"LNRO").is_none());
+        // The ECAM range, reserved as a motherboard resource.
+        let mres = find(&d, b"MRES").expect("MRES device");
+        assert_eq!(&d[mres + 9..mres + 14], &eisa("PNP0C02"));
+        let mut ecam = vec![0x86, 9, 0, 0];
+        ecam.extend_from_slice(&0xe000_0000u32.to_le_bytes());
+        ecam.extend_from_slice(&0x10_0000u32.to_le_bytes());
+        assert!(find(&d[mres..], &ecam).is_some());
+    }
+
+    #[test]
+    fn mcfg_names_the_ecam_of_bus_0() {
+        let m = mcfg();
+        assert_eq!(&m[..4], b"MCFG");
+        assert_eq!(m.len(), 44 + 16);
+        assert_eq!(u64_at(&m, 44), 0xe000_0000);
+        assert_eq!(&m[52..56], &[0, 0, 0, 0], "segment 0, buses 0 to 0");
+    }
+
+    #[test]
+    fn mcfg_is_listed_only_with_pci() {
+        for pci in [false, true] {
+            let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+            let slots = [(1u8, 17u32)];
+            let devices = Devices {
+                pci: pci.then_some(&slots[..]),
+                virtio_mmio: &[],
+            };
+            let rsdp = create_tables(&mem, 1, &devices).unwrap();
+            let mut r = [0u8; 36];
+            mem.read_slice(&mut r, rsdp).unwrap();
+            let xsdt = table(&mem, u64_at(&r, 24));
+            let signatures: Vec<Vec<u8>> = (36..xsdt.len())
+                .step_by(8)
+                .map(|o| table(&mem, u64_at(&xsdt, o))[..4].to_vec())
+                .collect();
+            assert_eq!(
+                signatures.iter().any(|s| s == b"MCFG"),
+                pci,
+                "{signatures:?}"
+            );
+        }
     }
 
     #[test]
@@ -509,6 +571,8 @@ mod tests {
             "Memory32Fixed (ReadWrite,",
             "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )",
             "Name (_S5, Package",
+            "EisaId (\"PNP0C02\")",
+            "0xE0000000",
         ] {
             assert!(dsl.contains(expected), "{expected} missing from:\n{dsl}");
         }

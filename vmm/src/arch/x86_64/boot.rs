@@ -57,6 +57,8 @@ pub struct BootInfo<'a> {
     pub cmdline: &'a Cmdline,
     pub initrd: Option<(GuestAddress, u64)>,
     pub ram: &'a [(GuestAddress, usize)],
+    /// (address, size) ranges outside RAM the E820 map marks reserved.
+    pub reserved: &'a [(u64, u64)],
     pub rsdp: GuestAddress,
 }
 
@@ -93,7 +95,7 @@ pub fn build_boot_params(info: &BootInfo) -> Result<boot_params, Error> {
     }
     params.acpi_rsdp_addr = info.rsdp.0;
 
-    let map = e820::build(info.ram);
+    let map = e820::build(info.ram, info.reserved);
     let entries = u8::try_from(map.len())
         .ok()
         .filter(|&n| usize::from(n) <= E820_MAX_ENTRIES_ZEROPAGE)
@@ -157,6 +159,7 @@ mod tests {
             cmdline: &cmdline,
             initrd: Some((GuestAddress(0x300_0000), 0x1234)),
             ram: &ram,
+            reserved: &[],
             rsdp: GuestAddress(0xe0000),
         };
         let p = build_boot_params(&info).unwrap();

@@ -42,6 +42,11 @@ pub const PCI_MMIO_SIZE: u64 = 0x1000_0000;
 pub const PCI_BAR_SIZE: u64 = 0x8000;
 /// Configuration access mechanism #1: address at 0xCF8, data at 0xCFC.
 pub const PCI_CONFIG_PORT: u16 = 0xcf8;
+/// ECAM (enhanced configuration access, announced in the MCFG): bus 0's
+/// configuration spaces as memory, 4 KiB per function. Between the
+/// virtio-mmio windows and the IOAPIC.
+pub const PCI_ECAM_START: u64 = 0xe000_0000;
+pub const PCI_ECAM_SIZE: u64 = 0x10_0000;
 /// INTx: pin A of slot `s` is IOAPIC GSI 16 + s % 8, the pins the PC
 /// leaves to PCI (level-triggered, shareable, not ISA IRQs).
 pub const PCI_INTX_GSI_BASE: u32 = 16;
@@ -138,6 +143,11 @@ mod tests {
         let last = pci_bar_addr(31);
         assert!(last + PCI_BAR_SIZE <= PCI_MMIO_START + PCI_MMIO_SIZE);
         assert_eq!(last % PCI_BAR_SIZE, 0);
+        const {
+            let windows = (MAX_GSI - VIRTIO_GSI_BASE + 1) as u64;
+            assert!(PCI_ECAM_START >= VIRTIO_MMIO_START + windows * VIRTIO_MMIO_SIZE)
+        };
+        const { assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= IOAPIC_ADDR as u64) };
         assert_eq!(pci_intx_gsi(1), 17);
         assert_eq!(pci_intx_gsi(8), 16);
         assert!(pci_intx_gsi(31) <= MAX_GSI);

@@ -1,11 +1,11 @@
 //! A PCI root bus for the guest: configuration spaces
 //! ([`configuration`]), MSI-X ([`msix`]), the host bridge at 00:00.0, the
 //! configuration access mechanism #1 on ports 0xCF8/0xCFC
-//! ([`ConfigIo`]) and the memory window the functions' BARs live in
-//! ([`MmioWindow`]).
+//! ([`ConfigIo`]), the same spaces as memory ([`Ecam`]), and the memory
+//! window the functions' BARs live in ([`MmioWindow`]).
 //!
-//! One bus (0), one function per device; no ECAM: 256 bytes of
-//! configuration space are all virtio-pci needs.
+//! One bus (0), one function per device, conventional PCI: 256 bytes of
+//! configuration space each (ECAM's extended space reads as all ones).
 
 pub mod configuration;
 pub mod msix;
@@ -218,6 +218,46 @@ impl BusDevice for ConfigIo {
     }
 }
 
+/// Bytes of ECAM per function.
+const ECAM_FUNCTION_SIZE: u64 = 0x1000;
+
+/// ECAM: the configuration space of bus 0, 4 KiB per function at
+/// `device << 15 | function << 12`. Accesses must stay inside one dword;
+/// anything that selects no function reads all ones.
+pub struct Ecam {
+    bus: Arc<PciBus>,
+}
+
+impl Ecam {
+    pub fn new(bus: Arc<PciBus>) -> Self {
+        Ecam { bus }
+    }
+
+    fn target(&self, offset: u64, len: usize) -> Option<(&SharedPciDevice, usize)> {
+        let (bus, device, function) = (offset >> 20, offset >> 15 & 0x1f, offset >> 12 & 0x7);
+        let reg = usize::try_from(offset % ECAM_FUNCTION_SIZE).ok()?;
+        if bus != 0 || function != 0 || reg % 4 + len > 4 || reg >= configuration::CONFIG_SIZE {
+            return None;
+        }
+        Some((self.bus.device(usize::try_from(device).ok()?)?, reg))
+    }
+}
+
+impl BusDevice for Ecam {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        match self.target(offset, data.len()) {
+            Some((dev, reg)) => lock(dev).config_read(reg, data),
+            None => data.fill(0xff),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let Some((dev, reg)) = self.target(offset, data.len()) {
+            lock(dev).config_write(reg, data);
+        }
+    }
+}
+
 /// The guest-physical window the BARs are placed in: one entry on the MMIO
 /// bus, which hands each access to the function whose BAR holds it now
 /// (BARs may move when the guest reprograms them).
@@ -326,6 +366,28 @@ mod tests {
         let mut b = [0u8; 4];
         io.read(6, &mut b);
         assert_eq!(b, [0xff; 4]);
+    }
+
+    #[test]
+    fn ecam_reaches_the_same_spaces() {
+        let mut ecam = Ecam::new(Arc::new(PciBus::new()));
+        let mut b = [0u8; 4];
+        ecam.read(0, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 0x0d57_8086);
+        ecam.read(0xa, &mut b[..2]);
+        assert_eq!(u16::from_le_bytes([b[0], b[1]]), 0x0600);
+        // Command register writes land.
+        ecam.write(4, &[2, 0]);
+        ecam.read(4, &mut b[..2]);
+        assert_eq!(b[..2], [2, 0]);
+        // Extended space, other functions and buses, empty slots,
+        // accesses across a dword: all ones.
+        for offset in [0x100, 0xffc, 1 << 12, 1 << 20, 5 << 15, 2] {
+            let mut b = [0u8; 4];
+            ecam.read(offset, &mut b);
+            assert_eq!(b, [0xff; 4], "{offset:#x}");
+            ecam.write(offset, &[0; 4]);
+        }
     }
 
     /// A function with one 4 KiB BAR whose bytes read as their offset.
