@@ -452,6 +452,32 @@ mod tests {
         assert_eq!(m.vectors[0].routed, Some((0xfee0_0000, 0x31)));
     }
 
+    /// KVM takes the table (irqchip routes plus MSI) on a VM with the
+    /// in-kernel irqchip, and irqfds on the routed GSIs.
+    #[test]
+    fn kvm_accepts_the_routes() {
+        let kvm = kvm_ioctls::Kvm::new()
+            .unwrap_or_else(|e| panic!("/dev/kvm is not usable here ({e}); this test needs it"));
+        let vm = kvm.create_vm().unwrap();
+        vm.create_irq_chip().unwrap();
+        let vm = Arc::new(vm);
+        let router = Arc::new(MsiRouter::new(vm.clone()));
+        let gsi = router.allocate().unwrap();
+        assert_eq!(gsi, 24);
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        vm.register_irqfd(&irq, gsi).unwrap();
+        let mut m = Msix::new(vec![Vector::new(irq, gsi)], Some(router.clone()));
+        m.set_control(CONTROL_ENABLE);
+        write(&mut m, 0, 0xfee0_0000);
+        write(&mut m, 8, 0x41);
+        write(&mut m, 12, 0);
+        assert_eq!(m.vectors[0].routed, Some((0xfee0_0000, 0x41)));
+        router
+            .set(router.allocate().unwrap(), 0xfee0_1000, 0x42)
+            .unwrap();
+        assert_eq!(router.lock().msi.len(), 2);
+    }
+
     #[test]
     fn routing_table_keeps_the_irqchip_routes() {
         let mut msi = BTreeMap::new();
