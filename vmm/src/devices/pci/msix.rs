@@ -23,6 +23,8 @@ use kvm_bindings::{
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::devices::virtio::Complaints;
+
 /// Bytes per table entry: address low, address high, data, vector control.
 pub const ENTRY_SIZE: u64 = 16;
 /// Vector control bit 0.
@@ -178,6 +180,8 @@ pub struct Msix {
     function_masked: bool,
     /// `None` in the unit tests, which have no VM.
     router: Option<Arc<MsiRouter>>,
+    /// The guest decides how often the routes change.
+    complaints: Complaints,
 }
 
 impl Msix {
@@ -200,6 +204,7 @@ impl Msix {
             enabled: false,
             function_masked: false,
             router,
+            complaints: Complaints::new("MSI-X"),
         }
     }
 
@@ -248,10 +253,11 @@ impl Msix {
         }
     }
 
-    fn fire(&self, vector: usize) {
+    fn fire(&mut self, vector: usize) {
         if let Some(v) = self.vectors.get(vector) {
             if let Err(e) = v.irq.write(1) {
-                log::error!("MSI-X: cannot raise vector {vector}: {e}");
+                self.complaints
+                    .error(format_args!("cannot raise vector {vector}: {e}"));
             }
         }
     }
@@ -333,7 +339,7 @@ impl Msix {
             if vector.routed != Some(message) {
                 if let Some(router) = &self.router {
                     if let Err(e) = router.set(vector.gsi, message.0, message.1) {
-                        log::error!("MSI-X vector {i}: {e}");
+                        self.complaints.error(format_args!("vector {i}: {e}"));
                     }
                 }
                 vector.routed = Some(message);
