@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use hvconfig::guest::{
-    Boot, BootFrom, Disk, DiskSource, Lifecycle, Machine, Net, RestartPolicy, Rng,
+    Boot, BootFrom, Disk, DiskSource, Lifecycle, Machine, Net, RestartPolicy, Rng, VirtioTransport,
 };
 use hvconfig::{parse_guest, GuestConfig, MacAddr};
 
@@ -25,6 +25,7 @@ const FULL: &str = r#"# every field set
 [machine]
 vcpus = 2
 memory_mib = 512
+virtio = "mmio"
 
 [boot]
 kernel = "web/bzImage"
@@ -71,7 +72,8 @@ fn full_example_parses_with_every_field() {
             file: PathBuf::from(FILE),
             machine: Machine {
                 vcpus: 2,
-                memory_mib: 512
+                memory_mib: 512,
+                virtio: VirtioTransport::Mmio,
             },
             boot: Boot {
                 from: BootFrom::Kernel {
@@ -132,7 +134,8 @@ fn minimal_definition_gets_every_default() {
         g.machine,
         Machine {
             vcpus: 1,
-            memory_mib: 128
+            memory_mib: 128,
+            virtio: VirtioTransport::Pci,
         }
     );
     assert_eq!(g.boot.kernel().unwrap(), PathBuf::from("/k/bzImage"));
@@ -238,7 +241,7 @@ fn guest_name_must_follow_the_rule() {
 fn range_errors_point_at_the_value() {
     assert_eq!(
         err("[machine]\nvcpus = 1\n  vcpus2 = 3\n"),
-        "guests/web.toml:3:3: unknown key 'vcpus2' in [machine] (allowed: vcpus, memory_mib)"
+        "guests/web.toml:3:3: unknown key 'vcpus2' in [machine] (allowed: vcpus, memory_mib, virtio)"
     );
     assert_eq!(
         err("[boot]\nkernel = \"k\"\n[machine]\nvcpus = 64\n"),
@@ -356,6 +359,15 @@ fn bad_values_are_explained() {
         err(&format!("{k}[lifecycle]\nrestart = \"sometimes\"\n")),
         "guests/web.toml:4:11: restart = \"sometimes\" is not a restart policy \
          (allowed: always, on-failure, never)"
+    );
+    assert_eq!(
+        err(&format!("{k}[machine]\nvirtio = \"legacy\"\n")),
+        "guests/web.toml:4:10: virtio = \"legacy\" is not a virtio transport \
+         (allowed: pci, mmio)"
+    );
+    assert_eq!(
+        err(&format!("{k}[machine]\nvirtio = 1\n")),
+        "guests/web.toml:4:10: virtio must be a string, found an integer"
     );
     assert_eq!(
         err(&format!("{k}[[disk]]\npath = \"LABEL=\"\n")),

@@ -7,7 +7,7 @@ HV_BUILD_PACKAGES=(
     busybox-static systemd-boot-efi syslinux syslinux-common pxelinux mtools
 )
 HV_TEST_PACKAGES=(
-    qemu-system-x86 ovmf ipxe-qemu dosfstools gdisk e2fsprogs minisign
+    qemu-system-x86 ovmf ipxe-qemu dosfstools gdisk e2fsprogs minisign acpica-tools
 )
 # scripts/sign-config (and the signed-config tests) sign with minisign.
 HV_SIGN_PACKAGES=(minisign)

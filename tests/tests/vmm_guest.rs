@@ -57,18 +57,56 @@ fn expect_in_order(
 }
 
 #[test]
-fn guest_sees_its_cpus_memory_disk_nic_and_rng() -> Result<(), hv_tests::Error> {
+fn guest_sees_its_cpus_memory_disk_nic_and_rng_over_pci() -> Result<(), hv_tests::Error> {
+    // The root bus, and MSI-X vectors for every device.
+    guest_sees_its_devices("pci", "", "pci0000:00/0000:00:01.0", |msi, intx| {
+        msi > 0 && intx == 0
+    })
+}
+
+#[test]
+fn guest_devices_work_on_intx_when_the_guest_refuses_msi() -> Result<(), hv_tests::Error> {
+    // pci=nomsi: every virtio-pci device falls back to its level INTx
+    // line (resample irqfd, read-to-clear ISR).
+    guest_sees_its_devices(
+        "pci",
+        " pci=nomsi",
+        "pci0000:00/0000:00:01.0",
+        |msi, intx| msi == 0 && intx > 0,
+    )
+}
+
+#[test]
+fn guest_sees_its_cpus_memory_disk_nic_and_rng_over_mmio() -> Result<(), hv_tests::Error> {
+    // Found through the DSDT's LNRO0005 devices alone; no MSI.
+    guest_sees_its_devices("mmio", "", "platform/LNRO0005:00", |msi, intx| {
+        msi == 0 && intx == 0
+    })
+}
+
+/// Boots a guest whose devices use `transport`, with `extra` appended to
+/// its command line; vda must sit at `vda_at` under /sys/devices, and
+/// `irqs_ok` judges the counts of MSI lines and of PCI INTx lines (IO-APIC
+/// fasteoi, the level pins) of virtio devices in the guest's
+/// /proc/interrupts.
+fn guest_sees_its_devices(
+    transport: &str,
+    extra: &str,
+    vda_at: &str,
+    irqs_ok: fn(u32, u32) -> bool,
+) -> Result<(), hv_tests::Error> {
     let nonce = nonce();
     let definition = format!(
         r#"
 [machine]
 vcpus = 2
 memory_mib = 256
+virtio = "{transport}"
 
 [boot]
 kernel = "bzImage"
 initrd = "initrd.img"
-cmdline = "console=ttyS0 panic=-1 rig.nonce={nonce}"
+cmdline = "console=ttyS0 panic=-1 rig.nonce={nonce}{extra}"
 
 [[disk]]
 path = "/tmp/disk.img"
@@ -99,6 +137,8 @@ else
 fi
 echo "guest: rng_current=$(cat /sys/class/misc/hw_random/rng_current 2>&1)"
 echo "guest: hwrng gave $(head -c 64 /dev/hwrng | wc -c) bytes"
+echo "guest: vda at $(readlink -f /sys/block/vda | cut -d/ -f4-5)"
+echo "guest: msi lines=$(grep -c PCI-MSI /proc/interrupts) intx lines=$(grep -c 'IO-APIC.*fasteoi.*virtio' /proc/interrupts)"
 echo "rig-marker-$nonce" | dd of=/dev/vda bs=512 seek=2048 conv=fsync 2>/dev/null &&
     echo "guest: marker written"
 sync
@@ -122,7 +162,10 @@ fi
     );
     let mut vm = Rig::new(&script)?
         .guest(guest_rc, &definition)?
-        .boot("vmm_guest_devices")?;
+        .boot(&format!(
+            "vmm_guest_devices_{transport}{}",
+            extra.replace([' ', '='], "_")
+        ))?;
     vm.wait_for(r"^rig: L1 up at .* kvm yes$", L1_UP)?;
     vm.wait_for(r"^guest: init started$", GUEST_UP)?;
     let seen = expect_in_order(
@@ -135,6 +178,8 @@ fi
             r"^guest: ping 10\.0\.2\.1 ",
             r"^guest: rng_current=",
             r"^guest: hwrng gave ",
+            r"^guest: vda at ",
+            r"^guest: msi lines=",
             r"^guest: marker written$",
             r"^guest: powering off$",
         ],
@@ -161,6 +206,18 @@ fi
     assert_eq!(seen[4], "guest: ping 10.0.2.1 ok");
     assert_eq!(seen[5], "guest: rng_current=virtio_rng.0");
     assert_eq!(seen[6], "guest: hwrng gave 64 bytes");
+    assert_eq!(seen[7], format!("guest: vda at {vda_at}"));
+    let counts: Vec<u32> = seen[8]
+        .split(['=', ' '])
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [msi, intx] = counts[..] else {
+        panic!("{:?}", seen[8]);
+    };
+    assert!(
+        irqs_ok(msi, intx),
+        "{transport}{extra}: {msi} MSI lines, {intx} INTx lines"
+    );
     assert_eq!(exit, "rig: vmm exit=0");
     assert_eq!(disk, "rig: marker found in the disk image");
     Ok(())

@@ -10,7 +10,7 @@ use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use hvconfig::guest::DiskSource;
+use hvconfig::guest::{DiskSource, VirtioTransport};
 use hvcontract::VmmExit;
 use kvm_ioctls::Kvm;
 use vm_memory::mmap::FromRangesError;
@@ -21,7 +21,7 @@ use crate::arch::x86_64::kernel::{self, LoadedKernel};
 use crate::arch::x86_64::{acpi, layout, regs};
 use crate::boot_disk;
 use crate::cloud_init;
-use crate::device_manager::{self, legacy, mmio, HandedFds};
+use crate::device_manager::{self, legacy, mmio, pci, virtio, HandedFds};
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::bus::Bus;
 use crate::devices::legacy::{SerialDevice, I8042};
@@ -268,7 +268,7 @@ pub fn open_host(source: &VmSource, fds: HandedFds) -> Result<HostResources, Err
     let images = open_images(source, fds)?;
     let kvm = Kvm::new().map_err(Error::Kvm);
     let devices = match source.guest() {
-        Some(guest) => mmio::open_devices(guest, fds),
+        Some(guest) => virtio::open_devices(guest, fds),
         None => Ok(Vec::new()),
     };
     let seed = match source.guest() {
@@ -327,21 +327,37 @@ pub fn build(source: &VmSource, host: HostResources, confine: bool) -> Result<Vm
             cloud_init::insert_after_disks(&mut devices, guest.disks.len(), disk);
         }
     }
-    let virtio = match source.guest() {
-        Some(guest) => mmio::attach(guest, devices, &vm, &mem, &mut mmio_bus)?,
-        None => mmio::Attached::default(),
+    let (workers, pci_slots, mmio_slots) = match source.guest() {
+        Some(guest) => match guest.machine.virtio {
+            VirtioTransport::Pci => {
+                let a = pci::attach(guest, devices, &vm, &mem, &mut pio, &mut mmio_bus)?;
+                (a.workers, Some(a.slots), Vec::new())
+            }
+            VirtioTransport::Mmio => {
+                let a = mmio::attach(guest, devices, &vm, &mem, &mut mmio_bus)?;
+                (a.workers, None, a.slots)
+            }
+        },
+        // An ad-hoc kernel has no devices, and no PCI bus to probe.
+        None => (Vec::new(), None, Vec::new()),
     };
 
-    let cmdline = boot::build_cmdline(&cmdline, &virtio.slots).map_err(|e| Error::Cmdline {
+    let cmdline = boot::build_cmdline(&cmdline).map_err(|e| Error::Cmdline {
         definition: source
             .definition()
             .map(|def| format!("{}: ", def.display()))
             .unwrap_or_default(),
         source: e,
     })?;
-    let rsdp = acpi::create_tables(&mem, vcpu_count)?;
+    let acpi_devices = acpi::Devices {
+        pci: pci_slots.as_deref(),
+        virtio_mmio: &mmio_slots,
+    };
+    let rsdp = acpi::create_tables(&mem, vcpu_count, &acpi_devices)?;
     regs::setup_boot_tables(&mem)?;
     let ram = layout::ram_regions(u64::from(source.memory_mib()) << 20);
+    let ecam = [(layout::PCI_ECAM_START, layout::PCI_ECAM_SIZE)];
+    let reserved: &[(u64, u64)] = if pci_slots.is_some() { &ecam } else { &[] };
     boot::write_boot_params(
         &mem,
         &BootInfo {
@@ -349,6 +365,7 @@ pub fn build(source: &VmSource, host: HostResources, confine: bool) -> Result<Vm
             cmdline: &cmdline,
             initrd,
             ram: &ram,
+            reserved,
             rsdp,
         },
     )
@@ -376,7 +393,7 @@ pub fn build(source: &VmSource, host: HostResources, confine: bool) -> Result<Vm
         i8042: legacy.i8042,
         pm: legacy.pm,
         exit,
-        workers: virtio.workers,
+        workers,
         mem,
         _kvm: kvm,
     })

@@ -57,6 +57,12 @@ pub enum Error {
 const KVM_RUN: u64 = 0xae80;
 /// `_IOW(KVMIO, 0x61, struct kvm_irq_level)`: the ACPI SCI line.
 const KVM_IRQ_LINE: u64 = 0x4008_ae61;
+/// `_IOW(KVMIO, 0x6a, struct kvm_irq_routing)`: the MSI routes, set when the
+/// guest programs a virtio-pci function's MSI-X table.
+const KVM_SET_GSI_ROUTING: u64 = 0x4008_ae6a;
+/// `_IOW(KVMIO, 0x79, struct kvm_ioeventfd)`: virtio-pci doorbells follow
+/// their BAR when the guest moves it (or turns decoding off and on).
+const KVM_IOEVENTFD: u64 = 0x4040_ae79;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ThreadKind {
@@ -187,7 +193,10 @@ fn ioctls(kind: ThreadKind) -> &'static [u64] {
         // raises the SCI from the main thread.
         ThreadKind::Main => &[libc::TCSETS as u64, KVM_IRQ_LINE],
         // Running the guest; the SCI is also raised on a PM register write.
-        ThreadKind::Vcpu => &[KVM_RUN, KVM_IRQ_LINE],
+        // MSI-X table and BAR writes reach the vCPU that made them and
+        // update the MSI routes and the doorbells' ioeventfds there. The
+        // irqfds are all registered while the VM is built: no KVM_IRQFD.
+        ThreadKind::Vcpu => &[KVM_RUN, KVM_IRQ_LINE, KVM_SET_GSI_ROUTING, KVM_IOEVENTFD],
         // Workers signal interrupts through irqfds, never by ioctl.
         ThreadKind::BlockWorker
         | ThreadKind::NetWorker
@@ -504,6 +513,17 @@ mod tests {
         // _IOC(dir, type, nr, size) = dir << 30 | size << 16 | type << 8 | nr
         assert_eq!(KVM_RUN, (0xae << 8) | 0x80);
         assert_eq!(KVM_IRQ_LINE, (1 << 30) | (8 << 16) | (0xae << 8) | 0x61);
+        assert_eq!(
+            KVM_SET_GSI_ROUTING,
+            (1 << 30) | (8 << 16) | (0xae << 8) | 0x6a
+        );
+        assert_eq!(
+            std::mem::size_of::<kvm_bindings::kvm_irq_routing>(),
+            8,
+            "the size in KVM_SET_GSI_ROUTING"
+        );
+        assert_eq!(KVM_IOEVENTFD, (1 << 30) | (64 << 16) | (0xae << 8) | 0x79);
+        assert_eq!(std::mem::size_of::<kvm_bindings::kvm_ioeventfd>(), 64);
     }
 
     /// How a forked child under a filter ended.

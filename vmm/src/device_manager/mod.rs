@@ -1,9 +1,12 @@
 //! Puts the guest's devices on the buses and wires their interrupts into
 //! KVM: the PC legacy devices on the I/O port bus ([`legacy`]) and the
-//! definition's virtio devices on the MMIO bus ([`mmio`]).
+//! definition's virtio devices, as virtio-pci functions on a PCI root bus
+//! ([`pci`]) or as virtio-mmio windows on the MMIO bus ([`mmio`]).
 
 pub mod legacy;
 pub mod mmio;
+pub mod pci;
+pub mod virtio;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -50,6 +53,8 @@ pub enum Error {
     Irqfd { gsi: u32, source: kvm_ioctls::Error },
     #[error("cannot register ioeventfd: {0}")]
     IoEventFd(kvm_ioctls::Error),
+    #[error("MSI-X: {0}")]
+    Msi(crate::devices::pci::msix::Error),
     #[error("virtio device {index}: {source}")]
     Transport { index: usize, source: io::Error },
     #[error("{0}")]
@@ -68,6 +73,7 @@ impl Error {
             Error::EventFd(_)
             | Error::Irqfd { .. }
             | Error::IoEventFd(_)
+            | Error::Msi(_)
             | Error::Transport { .. }
             | Error::Bus(_) => VmmExit::Error,
         }

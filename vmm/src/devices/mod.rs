@@ -8,4 +8,5 @@ pub mod irq;
 // lint-clean in the legacy-device rework
 #[allow(clippy::indexing_slicing, clippy::cast_possible_truncation)]
 pub mod legacy;
+pub mod pci;
 pub mod virtio;

@@ -37,18 +37,16 @@ const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
 const KERNEL_LOADER_OTHER: u8 = 0xff;
 const KERNEL_MIN_ALIGNMENT_BYTES: u32 = 0x100_0000;
 
-/// Guest command line: the definition's own, then one `virtio_mmio.device=`
-/// per device (the guest has no other way to discover them).
-pub fn build_cmdline(base: &str, virtio: &[(u64, u32)]) -> Result<Cmdline, Error> {
+/// Guest command line: the definition's own. The virtio devices are
+/// found through ACPI (the PCI root bus, or `LNRO0005` devices for
+/// virtio-mmio), so nothing is appended: a kernel built with
+/// VIRTIO_MMIO_CMDLINE_DEVICES that also got `virtio_mmio.device=` would
+/// probe each window twice, and the second probe fails with EBUSY.
+pub fn build_cmdline(base: &str) -> Result<Cmdline, Error> {
     let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(Error::CmdlineBuffer)?;
     let base = base.trim();
     if !base.is_empty() {
         cmdline.insert_str(base).map_err(Error::Cmdline)?;
-    }
-    for &(addr, gsi) in virtio {
-        cmdline
-            .insert_str(format!("virtio_mmio.device=4K@{addr:#x}:{gsi}"))
-            .map_err(Error::Cmdline)?;
     }
     Ok(cmdline)
 }
@@ -59,6 +57,8 @@ pub struct BootInfo<'a> {
     pub cmdline: &'a Cmdline,
     pub initrd: Option<(GuestAddress, u64)>,
     pub ram: &'a [(GuestAddress, usize)],
+    /// (address, size) ranges outside RAM the E820 map marks reserved.
+    pub reserved: &'a [(u64, u64)],
     pub rsdp: GuestAddress,
 }
 
@@ -95,7 +95,7 @@ pub fn build_boot_params(info: &BootInfo) -> Result<boot_params, Error> {
     }
     params.acpi_rsdp_addr = info.rsdp.0;
 
-    let map = e820::build(info.ram);
+    let map = e820::build(info.ram, info.reserved);
     let entries = u8::try_from(map.len())
         .ok()
         .filter(|&n| usize::from(n) <= E820_MAX_ENTRIES_ZEROPAGE)
@@ -125,28 +125,24 @@ mod tests {
     use vm_memory::Bytes;
 
     #[test]
-    fn cmdline_appends_virtio_devices() {
-        let c = build_cmdline(
-            " console=ttyS0 quiet ",
-            &[(0xd000_0000, 5), (0xd000_1000, 6)],
-        )
-        .unwrap();
+    fn cmdline_is_the_definitions_trimmed() {
+        let c = build_cmdline(" console=ttyS0 quiet ").unwrap();
         assert_eq!(
             c.as_cstring().unwrap().to_str().unwrap(),
-            "console=ttyS0 quiet virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
+            "console=ttyS0 quiet"
         );
     }
 
     #[test]
     fn empty_cmdline_is_fine() {
-        let c = build_cmdline("", &[]).unwrap();
+        let c = build_cmdline("").unwrap();
         assert_eq!(c.as_cstring().unwrap().to_str().unwrap(), "");
     }
 
     #[test]
     fn overlong_cmdline_is_an_error() {
         let long = "x".repeat(CMDLINE_MAX_SIZE + 1);
-        assert!(build_cmdline(&long, &[]).is_err());
+        assert!(build_cmdline(&long).is_err());
     }
 
     #[test]
@@ -157,12 +153,13 @@ mod tests {
             end: 0x200_0000,
             setup_header: None,
         };
-        let cmdline = build_cmdline("console=ttyS0", &[]).unwrap();
+        let cmdline = build_cmdline("console=ttyS0").unwrap();
         let info = BootInfo {
             kernel: &kernel,
             cmdline: &cmdline,
             initrd: Some((GuestAddress(0x300_0000), 0x1234)),
             ram: &ram,
+            reserved: &[],
             rsdp: GuestAddress(0xe0000),
         };
         let p = build_boot_params(&info).unwrap();

@@ -10,8 +10,10 @@ pub const E820_RESERVED: u32 = 2;
 
 /// Memory map for the given RAM regions: conventional memory up to the
 /// EBDA, the BIOS area (EBDA, VGA hole, ACPI tables) reserved, then all RAM
-/// from 1 MiB on.
-pub fn build(ram: &[(GuestAddress, usize)]) -> Vec<boot_e820_entry> {
+/// from 1 MiB on, and the `reserved` (address, size) ranges outside RAM
+/// (ECAM, which Linux uses early only when the map reserves it), in
+/// address order.
+pub fn build(ram: &[(GuestAddress, usize)], reserved: &[(u64, u64)]) -> Vec<boot_e820_entry> {
     let entry = |addr: u64, size: u64, r#type| boot_e820_entry { addr, size, r#type };
     let mut map = vec![
         entry(0, EBDA_START, E820_RAM),
@@ -23,6 +25,12 @@ pub fn build(ram: &[(GuestAddress, usize)]) -> Vec<boot_e820_entry> {
             map.push(entry(start, end - start, E820_RAM));
         }
     }
+    map.extend(
+        reserved
+            .iter()
+            .map(|&(addr, size)| entry(addr, size, E820_RESERVED)),
+    );
+    map.sort_by_key(|e| e.addr);
     map
 }
 
@@ -37,7 +45,7 @@ mod tests {
 
     #[test]
     fn small_guest() {
-        let map = build(&ram_regions(128 << 20));
+        let map = build(&ram_regions(128 << 20), &[]);
         assert_eq!(
             tuples(&map),
             vec![
@@ -50,10 +58,19 @@ mod tests {
 
     #[test]
     fn large_guest_has_hole_below_4g() {
-        let map = build(&ram_regions(6 << 30));
+        let map = build(&ram_regions(6 << 30), &[]);
         let t = tuples(&map);
         assert_eq!(t.len(), 4);
         assert_eq!(t[2], (0x100000, MMIO_GAP_START - 0x100000, E820_RAM));
         assert_eq!(t[3], (MMIO_GAP_END, (6 << 30) - MMIO_GAP_START, E820_RAM));
+    }
+
+    #[test]
+    fn reserved_ranges_go_in_address_order() {
+        let map = build(&ram_regions(6 << 30), &[(0xe000_0000, 0x10_0000)]);
+        let t = tuples(&map);
+        assert_eq!(t.len(), 5);
+        assert_eq!(t[3], (0xe000_0000, 0x10_0000, E820_RESERVED));
+        assert_eq!(t[4].0, MMIO_GAP_END);
     }
 }

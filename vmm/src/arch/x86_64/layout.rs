@@ -34,6 +34,24 @@ pub const HIMEM_START: u64 = 0x100000;
 pub const MMIO_GAP_START: u64 = 0xc000_0000;
 pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
 
+/// The PCI root bus's memory window, where the virtio-pci BARs live: the
+/// bottom of the 32-bit gap, below the virtio-mmio windows.
+pub const PCI_MMIO_START: u64 = MMIO_GAP_START;
+pub const PCI_MMIO_SIZE: u64 = 0x1000_0000;
+/// Each PCI slot's BAR 0 gets this much of the window (a virtio-pci BAR).
+pub const PCI_BAR_SIZE: u64 = 0x8000;
+/// Configuration access mechanism #1: address at 0xCF8, data at 0xCFC.
+pub const PCI_CONFIG_PORT: u16 = 0xcf8;
+/// ECAM (enhanced configuration access, announced in the MCFG): bus 0's
+/// configuration spaces as memory, 4 KiB per function. Between the
+/// virtio-mmio windows and the IOAPIC.
+pub const PCI_ECAM_START: u64 = 0xe000_0000;
+pub const PCI_ECAM_SIZE: u64 = 0x10_0000;
+/// INTx: pin A of slot `s` is IOAPIC GSI 16 + s % 8, the pins the PC
+/// leaves to PCI (level-triggered, shareable, not ISA IRQs).
+pub const PCI_INTX_GSI_BASE: u32 = 16;
+pub const PCI_INTX_GSIS: u32 = 8;
+
 /// virtio-mmio devices: one 4 KiB window each, starting here.
 pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
 pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
@@ -79,6 +97,18 @@ pub fn virtio_mmio_addr(index: usize) -> u64 {
     VIRTIO_MMIO_START + index as u64 * VIRTIO_MMIO_SIZE
 }
 
+/// Guest-physical address of the BAR of the virtio-pci device in `slot`
+/// (slot 0 is the host bridge, which has none).
+pub fn pci_bar_addr(slot: usize) -> u64 {
+    PCI_MMIO_START + slot as u64 * PCI_BAR_SIZE
+}
+
+/// The IOAPIC GSI pin A of `slot` is wired to.
+pub fn pci_intx_gsi(slot: usize) -> u32 {
+    // The remainder is below 8, so it converts.
+    PCI_INTX_GSI_BASE + u32::try_from(slot % PCI_INTX_GSIS as usize).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +133,23 @@ mod tests {
         assert_eq!(virtio_mmio_addr(3), 0xd000_3000);
         let last = (MAX_GSI - VIRTIO_GSI_BASE) as usize;
         assert!(virtio_mmio_addr(last) + VIRTIO_MMIO_SIZE <= u64::from(IOAPIC_ADDR));
+    }
+
+    #[test]
+    fn pci_window_stays_in_gap_clear_of_everything_else() {
+        const { assert!(PCI_MMIO_START >= MMIO_GAP_START) };
+        const { assert!(PCI_MMIO_START + PCI_MMIO_SIZE <= VIRTIO_MMIO_START) };
+        // Every slot's BAR fits the window, aligned to its size.
+        let last = pci_bar_addr(31);
+        assert!(last + PCI_BAR_SIZE <= PCI_MMIO_START + PCI_MMIO_SIZE);
+        assert_eq!(last % PCI_BAR_SIZE, 0);
+        const {
+            let windows = (MAX_GSI - VIRTIO_GSI_BASE + 1) as u64;
+            assert!(PCI_ECAM_START >= VIRTIO_MMIO_START + windows * VIRTIO_MMIO_SIZE)
+        };
+        const { assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= IOAPIC_ADDR as u64) };
+        assert_eq!(pci_intx_gsi(1), 17);
+        assert_eq!(pci_intx_gsi(8), 16);
+        assert!(pci_intx_gsi(31) <= MAX_GSI);
     }
 }

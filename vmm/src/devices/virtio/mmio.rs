@@ -1,20 +1,15 @@
-//! virtio-mmio transport, register layout version 2 (virtio 1.x only).
+//! virtio-mmio transport, register layout version 2 (virtio 1.x only):
+//! the register map onto [`TransportCore`].
 
 use std::io;
-use std::sync::Arc;
 
-use virtio_bindings::virtio_config::{
-    VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
-    VIRTIO_F_VERSION_1,
-};
 use virtio_bindings::virtio_mmio::*;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
-use super::complaints::Complaints;
-use super::interrupt::Interrupt;
-use super::worker::{Worker, WorkerGate, WorkerThread};
+use super::common::{InitialQueueSize, QueueField, TransportCore};
+use super::interrupt::EdgeLine;
+use super::worker::WorkerGate;
 use super::VirtioDevice;
 use crate::devices::bus::BusDevice;
 
@@ -22,53 +17,9 @@ const MMIO_MAGIC: u32 = 0x7472_6976; // "virt"
 const MMIO_VERSION: u32 = 2;
 const VENDOR_ID: u32 = 0;
 
-/// Queue registers as the driver wrote them; turned into a
-/// `virtio_queue::Queue` (and validated) only at `DRIVER_OK`.
-#[derive(Clone, Copy, Default)]
-struct QueueRegs {
-    max_size: u16,
-    size: u32,
-    ready: bool,
-    desc: u64,
-    avail: u64,
-    used: u64,
-}
-
-fn set_low(reg: &mut u64, v: u32) {
-    *reg = (*reg & !0xffff_ffff) | u64::from(v);
-}
-
-fn set_high(reg: &mut u64, v: u32) {
-    *reg = (*reg & 0xffff_ffff) | (u64::from(v) << 32);
-}
-
-enum Executor {
-    Thread(WorkerThread),
-    /// Only [`MmioTransport::new_inline`] makes one, which exists for the
-    /// tests and the fuzz driver: in the vmm itself the variant is never
-    /// built, and that is the point.
-    #[cfg_attr(not(any(test, feature = "fuzzing")), allow(dead_code))]
-    Inline(Worker),
-}
-
 /// A virtio device on the MMIO bus.
 pub struct MmioTransport {
-    device: Box<dyn VirtioDevice>,
-    mem: GuestMemoryMmap,
-    interrupt: Arc<Interrupt>,
-    executor: Executor,
-    notifiers: Vec<EventFd>,
-    offered_features: u64,
-    status: u32,
-    device_features_sel: u32,
-    driver_features_sel: u32,
-    driver_features: u64,
-    /// The driver acked a bit beyond the 64 we can offer.
-    unknown_features_acked: bool,
-    queue_sel: u32,
-    queues: Vec<QueueRegs>,
-    active: bool,
-    complaints: Complaints,
+    core: TransportCore,
 }
 
 impl MmioTransport {
@@ -80,23 +31,16 @@ impl MmioTransport {
         device: Box<dyn VirtioDevice>,
         irq: EventFd,
     ) -> io::Result<MmioTransport> {
-        let device_type = device.device_type();
-        Self::build(mem, device, irq, |worker, notifiers| {
-            Ok(Executor::Thread(WorkerThread::spawn(
-                worker,
-                device_type,
-                notifiers,
-            )?))
+        let sink = Box::new(EdgeLine(irq));
+        Ok(MmioTransport {
+            core: TransportCore::new(mem, device, sink, InitialQueueSize::Zero)?,
         })
     }
 
     /// What starts the worker thread; `None` for an inline transport and
     /// after the first call.
     pub fn take_worker_gate(&mut self) -> Option<WorkerGate> {
-        match &mut self.executor {
-            Executor::Thread(thread) => thread.take_gate(),
-            Executor::Inline(_) => None,
-        }
+        self.core.take_worker_gate()
     }
 
     /// Like [`MmioTransport::new`], but queues are processed synchronously
@@ -107,50 +51,9 @@ impl MmioTransport {
         device: Box<dyn VirtioDevice>,
         irq: EventFd,
     ) -> io::Result<MmioTransport> {
-        Self::build(mem, device, irq, |worker, _| Ok(Executor::Inline(worker)))
-    }
-
-    fn build(
-        mem: GuestMemoryMmap,
-        mut device: Box<dyn VirtioDevice>,
-        irq: EventFd,
-        executor: impl FnOnce(Worker, Vec<EventFd>) -> io::Result<Executor>,
-    ) -> io::Result<MmioTransport> {
-        let name = device_name(device.device_type());
-        let interrupt = Arc::new(Interrupt::new(irq));
-        let queues: Vec<QueueRegs> = device
-            .queue_max_sizes()
-            .iter()
-            .map(|&max_size| QueueRegs {
-                max_size,
-                ..Default::default()
-            })
-            .collect();
-        let mut notifiers = Vec::with_capacity(queues.len());
-        let mut worker_notifiers = Vec::with_capacity(queues.len());
-        for _ in &queues {
-            let evt = EventFd::new(EFD_NONBLOCK)?;
-            worker_notifiers.push(evt.try_clone()?);
-            notifiers.push(evt);
-        }
-        let worker = Worker::new(name, mem.clone(), device.processor(), interrupt.clone());
-        let executor = executor(worker, worker_notifiers)?;
+        let sink = Box::new(EdgeLine(irq));
         Ok(MmioTransport {
-            offered_features: device.features() | (1u64 << VIRTIO_F_VERSION_1),
-            device,
-            mem,
-            interrupt,
-            executor,
-            notifiers,
-            status: 0,
-            device_features_sel: 0,
-            driver_features_sel: 0,
-            driver_features: 0,
-            unknown_features_acked: false,
-            queue_sel: 0,
-            queues,
-            active: false,
-            complaints: Complaints::new(name),
+            core: TransportCore::new_inline(mem, device, sink, InitialQueueSize::Zero)?,
         })
     }
 
@@ -159,38 +62,22 @@ impl MmioTransport {
     /// the exit to userspace; `QueueNotify` writes that do reach `write` are
     /// forwarded to the same eventfds.
     pub fn queue_notify_eventfds(&self) -> &[EventFd] {
-        &self.notifiers
-    }
-
-    fn status_reg(&self) -> u32 {
-        if self.interrupt.is_broken() {
-            self.status | VIRTIO_CONFIG_S_NEEDS_RESET
-        } else {
-            self.status
-        }
-    }
-
-    fn selected_queue(&mut self) -> Option<&mut QueueRegs> {
-        self.queues.get_mut(self.queue_sel as usize)
+        self.core.queue_notify_eventfds()
     }
 
     fn read_reg(&self, offset: u32) -> u32 {
-        let queue = self.queues.get(self.queue_sel as usize);
+        let core = &self.core;
         match offset {
             VIRTIO_MMIO_MAGIC_VALUE => MMIO_MAGIC,
             VIRTIO_MMIO_VERSION => MMIO_VERSION,
-            VIRTIO_MMIO_DEVICE_ID => self.device.device_type(),
+            VIRTIO_MMIO_DEVICE_ID => core.device.device_type(),
             VIRTIO_MMIO_VENDOR_ID => VENDOR_ID,
-            VIRTIO_MMIO_DEVICE_FEATURES => match self.device_features_sel {
-                0 => (self.offered_features & 0xffff_ffff) as u32,
-                1 => (self.offered_features >> 32) as u32,
-                _ => 0,
-            },
+            VIRTIO_MMIO_DEVICE_FEATURES => core.device_features(),
             // 0 tells the driver the queue does not exist.
-            VIRTIO_MMIO_QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size)),
-            VIRTIO_MMIO_QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready)),
-            VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt.status(),
-            VIRTIO_MMIO_STATUS => self.status_reg(),
+            VIRTIO_MMIO_QUEUE_NUM_MAX => u32::from(core.queue_max_size()),
+            VIRTIO_MMIO_QUEUE_READY => u32::from(core.queue_ready()),
+            VIRTIO_MMIO_INTERRUPT_STATUS => core.interrupt.status(),
+            VIRTIO_MMIO_STATUS => core.status(),
             // No shared memory regions: length and base read as all ones.
             VIRTIO_MMIO_SHM_LEN_LOW
             | VIRTIO_MMIO_SHM_LEN_HIGH
@@ -203,233 +90,43 @@ impl MmioTransport {
     }
 
     fn write_reg(&mut self, offset: u32, v: u32) {
+        let core = &mut self.core;
+        let queue_field = match offset {
+            VIRTIO_MMIO_QUEUE_NUM => Some(QueueField::Size),
+            VIRTIO_MMIO_QUEUE_READY => Some(QueueField::Ready),
+            VIRTIO_MMIO_QUEUE_DESC_LOW => Some(QueueField::DescLow),
+            VIRTIO_MMIO_QUEUE_DESC_HIGH => Some(QueueField::DescHigh),
+            VIRTIO_MMIO_QUEUE_AVAIL_LOW => Some(QueueField::AvailLow),
+            VIRTIO_MMIO_QUEUE_AVAIL_HIGH => Some(QueueField::AvailHigh),
+            VIRTIO_MMIO_QUEUE_USED_LOW => Some(QueueField::UsedLow),
+            VIRTIO_MMIO_QUEUE_USED_HIGH => Some(QueueField::UsedHigh),
+            _ => None,
+        };
+        if let Some(field) = queue_field {
+            core.write_queue(field, v);
+            return;
+        }
         match offset {
-            VIRTIO_MMIO_DEVICE_FEATURES_SEL => self.device_features_sel = v,
-            VIRTIO_MMIO_DRIVER_FEATURES_SEL => self.driver_features_sel = v,
-            VIRTIO_MMIO_DRIVER_FEATURES => self.write_driver_features(v),
-            VIRTIO_MMIO_QUEUE_SEL => self.queue_sel = v,
-            VIRTIO_MMIO_QUEUE_NUM
-            | VIRTIO_MMIO_QUEUE_READY
-            | VIRTIO_MMIO_QUEUE_DESC_LOW
-            | VIRTIO_MMIO_QUEUE_DESC_HIGH
-            | VIRTIO_MMIO_QUEUE_AVAIL_LOW
-            | VIRTIO_MMIO_QUEUE_AVAIL_HIGH
-            | VIRTIO_MMIO_QUEUE_USED_LOW
-            | VIRTIO_MMIO_QUEUE_USED_HIGH => self.write_queue_reg(offset, v),
-            VIRTIO_MMIO_QUEUE_NOTIFY => self.notify(v),
-            VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt.ack(v),
-            VIRTIO_MMIO_STATUS => self.write_status(v),
+            VIRTIO_MMIO_DEVICE_FEATURES_SEL => core.device_features_sel = v,
+            VIRTIO_MMIO_DRIVER_FEATURES_SEL => core.driver_features_sel = v,
+            VIRTIO_MMIO_DRIVER_FEATURES => core.write_driver_features(v),
+            VIRTIO_MMIO_QUEUE_SEL => core.queue_sel = v,
+            VIRTIO_MMIO_QUEUE_NOTIFY => core.notify(v),
+            VIRTIO_MMIO_INTERRUPT_ACK => core.interrupt.ack(v),
+            VIRTIO_MMIO_STATUS => core.write_status(v),
             VIRTIO_MMIO_SHM_SEL => {}
-            _ => self.complaints.warn(format_args!(
+            _ => core.complaints.warn(format_args!(
                 "write to read-only or unknown register {offset:#x}"
             )),
         }
-    }
-
-    fn write_driver_features(&mut self, v: u32) {
-        if self.status & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
-            self.complaints
-                .warn(format_args!("feature write after FEATURES_OK ignored"));
-            return;
-        }
-        match self.driver_features_sel {
-            0 => set_low(&mut self.driver_features, v),
-            1 => set_high(&mut self.driver_features, v),
-            _ => self.unknown_features_acked |= v != 0,
-        }
-    }
-
-    fn write_queue_reg(&mut self, offset: u32, v: u32) {
-        if self.active && offset == VIRTIO_MMIO_QUEUE_READY && v == 0 {
-            self.stop_queue();
-            return;
-        }
-        // The worker owns the queues from DRIVER_OK on; a ready queue must
-        // not change under the driver's feet either.
-        if self.status & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
-            self.complaints
-                .warn(format_args!("queue register write after DRIVER_OK ignored"));
-            return;
-        }
-        let Some(queue) = self.selected_queue() else {
-            self.complaints
-                .warn(format_args!("write to a queue register of a missing queue"));
-            return;
-        };
-        if queue.ready && offset != VIRTIO_MMIO_QUEUE_READY {
-            self.complaints
-                .warn(format_args!("write to a ready queue's register ignored"));
-            return;
-        }
-        match offset {
-            VIRTIO_MMIO_QUEUE_NUM => queue.size = v,
-            VIRTIO_MMIO_QUEUE_READY => queue.ready = v == 1,
-            VIRTIO_MMIO_QUEUE_DESC_LOW => set_low(&mut queue.desc, v),
-            VIRTIO_MMIO_QUEUE_DESC_HIGH => set_high(&mut queue.desc, v),
-            VIRTIO_MMIO_QUEUE_AVAIL_LOW => set_low(&mut queue.avail, v),
-            VIRTIO_MMIO_QUEUE_AVAIL_HIGH => set_high(&mut queue.avail, v),
-            VIRTIO_MMIO_QUEUE_USED_LOW => set_low(&mut queue.used, v),
-            VIRTIO_MMIO_QUEUE_USED_HIGH => set_high(&mut queue.used, v),
-            _ => {}
-        }
-    }
-
-    /// Stops a running queue, the way the spec lets a driver take a queue
-    /// out of use: once QueueReady reads back 0 the device is done with it.
-    fn stop_queue(&mut self) {
-        let index = self.queue_sel as usize;
-        let Some(queue) = self.queues.get_mut(index) else {
-            return;
-        };
-        queue.ready = false;
-        match &mut self.executor {
-            Executor::Thread(thread) => thread.stop_queue(index),
-            Executor::Inline(worker) => worker.stop_queue(index),
-        }
-    }
-
-    fn notify(&mut self, index: u32) {
-        if !self.active {
-            // Includes kicks before DRIVER_OK and on a broken device.
-            return;
-        }
-        let Some(evt) = self.notifiers.get(index as usize) else {
-            self.complaints
-                .warn(format_args!("notify for missing queue {index}"));
-            return;
-        };
-        match &mut self.executor {
-            Executor::Thread(_) => {
-                if let Err(e) = evt.write(1) {
-                    log::error!("virtio: cannot signal queue notify: {e}");
-                }
-            }
-            Executor::Inline(worker) => {
-                worker.queue_notified(index as usize);
-            }
-        }
-    }
-
-    fn write_status(&mut self, v: u32) {
-        if v == 0 {
-            self.reset();
-            return;
-        }
-        // NEEDS_RESET is the device's bit, not the driver's.
-        let mut v = v & !VIRTIO_CONFIG_S_NEEDS_RESET;
-        if v & self.status != self.status {
-            self.complaints.warn(format_args!(
-                "status {v:#x} clears bits of {:#x} without a reset",
-                self.status
-            ));
-            return;
-        }
-        let new = v & !self.status;
-        if new & VIRTIO_CONFIG_S_FEATURES_OK != 0 && !self.features_acceptable() {
-            // Leaving FEATURES_OK clear is how a device refuses features.
-            self.complaints.warn(format_args!(
-                "refused features {:#x} (offered {:#x})",
-                self.driver_features, self.offered_features
-            ));
-            v &= !VIRTIO_CONFIG_S_FEATURES_OK;
-        }
-        self.status = v;
-        if new & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
-            self.activate();
-        }
-    }
-
-    fn features_acceptable(&self) -> bool {
-        !self.unknown_features_acked
-            && self.driver_features & !self.offered_features == 0
-            && self.driver_features & (1u64 << VIRTIO_F_VERSION_1) != 0
-    }
-
-    fn activate(&mut self) {
-        if self.status & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
-            self.complaints
-                .warn(format_args!("DRIVER_OK without FEATURES_OK"));
-            self.interrupt.mark_broken();
-            return;
-        }
-        let queues = match self.build_queues() {
-            Ok(q) => q,
-            Err(reason) => {
-                self.complaints
-                    .warn(format_args!("cannot activate: {reason}"));
-                self.interrupt.mark_broken();
-                return;
-            }
-        };
-        self.active = true;
-        let features = self.driver_features;
-        match &mut self.executor {
-            Executor::Thread(thread) => thread.activate(queues, features),
-            Executor::Inline(worker) => {
-                worker.activate(queues, features);
-            }
-        }
-    }
-
-    /// Turns the queue registers into queues, rejecting anything the spec
-    /// forbids: bad sizes, misaligned rings, rings outside guest memory.
-    fn build_queues(&self) -> Result<Vec<Queue>, String> {
-        let mut queues = Vec::with_capacity(self.queues.len());
-        for (i, regs) in self.queues.iter().enumerate() {
-            let mut queue = Queue::new(regs.max_size).map_err(|e| format!("queue {i}: {e}"))?;
-            if regs.ready {
-                let size = u16::try_from(regs.size)
-                    .map_err(|_| format!("queue {i}: size {} too large", regs.size))?;
-                queue
-                    .try_set_size(size)
-                    .map_err(|e| format!("queue {i}: size {size}: {e}"))?;
-                queue
-                    .try_set_desc_table_address(GuestAddress(regs.desc))
-                    .map_err(|e| format!("queue {i}: {e}"))?;
-                queue
-                    .try_set_avail_ring_address(GuestAddress(regs.avail))
-                    .map_err(|e| format!("queue {i}: {e}"))?;
-                queue
-                    .try_set_used_ring_address(GuestAddress(regs.used))
-                    .map_err(|e| format!("queue {i}: {e}"))?;
-                queue.set_ready(true);
-                if !queue.is_valid(&self.mem) {
-                    return Err(format!("queue {i}: rings outside guest memory"));
-                }
-            }
-            queues.push(queue);
-        }
-        Ok(queues)
-    }
-
-    fn reset(&mut self) {
-        match &mut self.executor {
-            Executor::Thread(thread) => thread.reset(),
-            Executor::Inline(worker) => worker.reset(),
-        }
-        // A kick that raced with the reset must not survive into the next
-        // activation's bookkeeping; the worker drains notifiers anyway.
-        self.active = false;
-        self.status = 0;
-        self.device_features_sel = 0;
-        self.driver_features_sel = 0;
-        self.driver_features = 0;
-        self.unknown_features_acked = false;
-        self.queue_sel = 0;
-        for q in &mut self.queues {
-            *q = QueueRegs {
-                max_size: q.max_size,
-                ..Default::default()
-            };
-        }
-        self.interrupt.clear();
     }
 }
 
 impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
-            self.device
+            self.core
+                .device
                 .read_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
             return;
         }
@@ -440,7 +137,7 @@ impl BusDevice for MmioTransport {
             }
             _ => {
                 data.fill(0);
-                self.complaints.warn(format_args!(
+                self.core.complaints.warn(format_args!(
                     "register read at {offset:#x} must be 4 aligned bytes"
                 ));
             }
@@ -449,26 +146,17 @@ impl BusDevice for MmioTransport {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
-            self.device
+            self.core
+                .device
                 .write_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
             return;
         }
         match (<[u8; 4]>::try_from(data), u32::try_from(offset)) {
             (Ok(word), Ok(reg)) if reg % 4 == 0 => self.write_reg(reg, u32::from_le_bytes(word)),
-            _ => self.complaints.warn(format_args!(
+            _ => self.core.complaints.warn(format_args!(
                 "register write at {offset:#x} must be 4 aligned bytes"
             )),
         }
-    }
-}
-
-fn device_name(device_type: u32) -> &'static str {
-    use virtio_bindings::virtio_ids::*;
-    match device_type {
-        VIRTIO_ID_NET => "virtio-net",
-        VIRTIO_ID_BLOCK => "virtio-blk",
-        VIRTIO_ID_RNG => "virtio-rng",
-        _ => "virtio",
     }
 }
 

@@ -1,9 +1,13 @@
-//! Virtio 1.x devices behind the virtio-mmio (version 2) transport.
+//! Virtio 1.x devices behind two transports: virtio-pci (modern,
+//! [`PciTransport`], the default) and virtio-mmio version 2
+//! ([`MmioTransport`]). Both are a register map over one shared core
+//! (`common::TransportCore`): feature negotiation, the status handshake,
+//! queue setup and validation, reset and the worker live there once.
 //!
 //! # Processing model
 //!
-//! Every [`MmioTransport`] owns one worker thread, spawned by
-//! [`MmioTransport::new`] and joined when the transport is dropped. The
+//! Every transport owns one worker thread, spawned when it is created and
+//! joined when it is dropped. The
 //! thread waits until its [`WorkerGate`] is opened, installs the seccomp
 //! filter it is given on itself (it exists before any filter does, so it
 //! inherits none), and only then runs. The vcpu thread only touches
@@ -28,16 +32,24 @@
 //! Every log line a guest can cause goes through a `Complaints` limit.
 //!
 //! The notify eventfds may also be registered as KVM ioeventfds
-//! (address `base + 0x50`, 4 bytes, datamatch = queue index; see
-//! [`MmioTransport::queue_notify_eventfds`]); the worker copes with
-//! notifications arriving before `DRIVER_OK` either way.
+//! (virtio-mmio: address `base + 0x50`, 4 bytes, datamatch = queue index,
+//! see [`MmioTransport::queue_notify_eventfds`]; virtio-pci: one doorbell
+//! per queue, any width, see [`PciTransport::register_doorbells`]); the
+//! worker copes with notifications arriving before `DRIVER_OK` either way.
+//!
+//! Interrupts go through an `interrupt::IrqSink`: one edge irqfd for
+//! virtio-mmio; for virtio-pci the MSI-X vector the driver assigned to the
+//! queue (or to configuration changes), or INTx while MSI-X is off. A
+//! worker only ever writes eventfds; MSI routes change on the vCPU thread
+//! that wrote the MSI-X table.
 //!
 //! # System calls made by the worker threads
 //!
 //! The per-device-kind allow-lists in `crate::seccomp` follow this list;
 //! checked with strace on the tests:
 //! - all devices: `epoll_pwait` (musl) / `epoll_wait` (glibc), `epoll_ctl`,
-//!   `read` and `write` (eventfds, tap, log lines on stderr; the filter
+//!   `read` and `write` (eventfds, among them the MSI-X vectors' and the
+//!   INTx resample eventfd, tap, log lines on stderr; the filter
 //!   allows them on the worker's own fds only, `seccomp::WorkerFds`),
 //!   `futex`, memory management for per-request buffers (`mmap`,
 //!   `mprotect`, `munmap`, `mremap`, `brk`, `madvise`; never executable
@@ -49,13 +61,17 @@
 //! - virtio-net: nothing beyond the list above (`read`/`write` on the tap).
 //!
 //! The vcpu thread additionally needs `write` (notify/control eventfds) and
-//! `futex` (the reset handshake) when it touches a transport.
+//! `futex` (the reset handshake) when it touches a transport, and for
+//! virtio-pci the `KVM_SET_GSI_ROUTING` (MSI-X table writes) and
+//! `KVM_IOEVENTFD` (doorbells following a moved BAR) ioctls.
 
 mod block;
+mod common;
 mod complaints;
 mod interrupt;
 mod mmio;
 mod net;
+pub mod pci;
 mod queue;
 mod rng;
 mod tap;
@@ -70,6 +86,7 @@ pub(crate) use complaints::test_log as complaints_test_log;
 pub(crate) use complaints::Complaints;
 pub use mmio::MmioTransport;
 pub use net::Net;
+pub use pci::PciTransport;
 pub use queue::QueueContext;
 pub use rng::Rng;
 pub use tap::Tap;

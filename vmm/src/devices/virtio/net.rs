@@ -289,6 +289,68 @@ mod tests {
         d.submit(RX_QUEUE, &[(DATA + slot * 0x1000, len, true)]);
     }
 
+    /// Both directions over virtio-pci, each queue on its own MSI-X vector.
+    #[test]
+    fn runs_over_pci_with_a_vector_per_queue() {
+        use crate::devices::pci::PciDevice;
+        use crate::devices::virtio::pci::{common_cfg::*, DEVICE_CFG_OFFSET, MSIX_TABLE_OFFSET};
+        use crate::devices::virtio::test_support::driver::{Kind, VERSION_1};
+
+        let (ours, peer) = UnixDatagram::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let net = Net::with_backend(File::from(OwnedFd::from(ours)), MAC);
+        let mut d = Driver::of(Kind::Pci, Box::new(net));
+        assert_eq!(d.read_n(NUM_QUEUES, 2), 2);
+        assert_eq!(d.vectors.len(), 3);
+        // MSI-X on (the capability follows the list head), entries unmasked.
+        let cap = {
+            let mut b = [0u8; 1];
+            d.dev.pci().config().read(0x34, &mut b);
+            usize::from(b[0])
+        };
+        d.dev.pci().config_write(cap + 2, &0x8000u16.to_le_bytes());
+        for v in 0..3 {
+            d.write_n(MSIX_TABLE_OFFSET + v * 16 + 8, 4, 0x40 + v);
+            d.write_n(MSIX_TABLE_OFFSET + v * 16 + 12, 4, 0);
+        }
+        assert!(d.negotiate(VERSION_1 | 1 << VIRTIO_NET_F_MAC));
+        d.write_n(MSIX_CONFIG, 2, 0);
+        for q in 0..2u32 {
+            d.setup_queue(q, 256);
+            d.write_n(QUEUE_MSIX_VECTOR, 2, u64::from(q) + 1);
+        }
+        d.driver_ok();
+        let mut mac = [0u8; 6];
+        d.dev.read(DEVICE_CFG_OFFSET, &mut mac);
+        assert_eq!(mac, MAC);
+
+        let payload = frame(0x33, 60);
+        d.write_mem(DATA, &[0; VNET_HDR_LEN]);
+        d.write_mem(DATA + 0x100, &payload);
+        d.submit(
+            TX_QUEUE,
+            &[
+                (DATA, VNET_HDR_LEN as u32, false),
+                (DATA + 0x100, 60, false),
+            ],
+        );
+        assert_eq!(d.wait_used(TX_QUEUE), (0, 0));
+        let mut got = [0u8; 2048];
+        assert_eq!(peer.recv(&mut got).unwrap(), VNET_HDR_LEN + 60);
+        post_rx(&mut d, 1, RX_BUF);
+        let mut sent = vec![0; VNET_HDR_LEN];
+        sent.extend(frame(0x44, 80));
+        peer.send(&sent).unwrap();
+        assert_eq!(d.wait_used(RX_QUEUE).1, sent.len() as u32);
+        // Each queue interrupted on its own vector, the config one never.
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(d.vectors[1].read().is_ok(), "rx vector");
+        assert!(d.vectors[2].read().is_ok(), "tx vector");
+        assert!(d.vectors[0].read().is_err(), "config vector");
+        assert!(d.irq.read().is_err(), "no INTx");
+    }
+
     #[test]
     fn config_holds_the_mac() {
         let (mut d, _peer) = socket_net();

@@ -25,7 +25,8 @@ pub struct QueueContext<'a> {
     queues: &'a mut [Queue],
     budget: u32,
     bytes_left: u64,
-    used_added: bool,
+    /// Queues (bit `i` = queue `i`) whose used ring advanced.
+    used_added: u64,
     leftover: u64,
 }
 
@@ -36,7 +37,7 @@ impl<'a> QueueContext<'a> {
             queues,
             budget: MAX_CHAINS_PER_EVENT,
             bytes_left: MAX_BYTES_PER_EVENT,
-            used_added: false,
+            used_added: 0,
             leftover: 0,
         }
     }
@@ -87,11 +88,11 @@ impl<'a> QueueContext<'a> {
             .get_mut(index)
             .ok_or(DeviceError::Queue(virtio_queue::Error::QueueNotReady))?;
         queue.add_used(mem, head, len).map_err(DeviceError::Queue)?;
-        self.used_added = true;
+        self.used_added |= 1u64 << (index % 64);
         Ok(())
     }
 
-    pub(crate) fn used_added(&self) -> bool {
+    pub(crate) fn used_added(&self) -> u64 {
         self.used_added
     }
 

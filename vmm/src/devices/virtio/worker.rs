@@ -120,8 +120,8 @@ impl Worker {
         let mut ctx = QueueContext::new(&self.mem, queues);
         let result = f(self.processor.as_mut(), &mut ctx);
         let (used, leftover) = (ctx.used_added(), ctx.leftover());
-        if used {
-            self.interrupt.signal_used();
+        if used != 0 {
+            self.interrupt.signal_used(used);
         }
         match result {
             Ok(()) => leftover,
@@ -143,6 +143,8 @@ impl Worker {
 const CONTROL_TOKEN: u64 = 0;
 const BACKEND_TOKEN: u64 = 1;
 const FIRST_QUEUE_TOKEN: u64 = 2;
+/// Far above any queue's token.
+const RESAMPLE_TOKEN: u64 = u64::MAX;
 
 /// Handle to a worker running on its own thread.
 pub(crate) struct WorkerThread {
@@ -171,6 +173,9 @@ impl WorkerThread {
                 FIRST_QUEUE_TOKEN + i as u64,
                 EventSet::IN,
             )?;
+        }
+        if let Some(evt) = worker.interrupt.resample_fd() {
+            add(&epoll, evt.as_raw_fd(), RESAMPLE_TOKEN, EventSet::IN)?;
         }
         if let Some(fd) = worker.processor.backend_fd() {
             // Registered idle; enabled while the device is active.
@@ -319,10 +324,11 @@ fn worker_fds(worker: &Worker, control: &EventFd, notifiers: &[EventFd]) -> Work
     WorkerFds {
         read: std::iter::once(control.as_raw_fd())
             .chain(notify.clone())
+            .chain(worker.interrupt.resample_fd().map(AsRawFd::as_raw_fd))
             .chain(backend)
             .collect(),
-        write: [libc::STDERR_FILENO, worker.interrupt.irq_fd()]
-            .into_iter()
+        write: std::iter::once(libc::STDERR_FILENO)
+            .chain(worker.interrupt.irq_fds())
             .chain(notify)
             .chain(backend)
             .collect(),
@@ -387,6 +393,12 @@ fn run_loop(
                     }
                 }
                 BACKEND_TOKEN => leftover |= worker.backend_ready(),
+                RESAMPLE_TOKEN => {
+                    if let Some(evt) = worker.interrupt.resample_fd() {
+                        let _ = evt.read();
+                    }
+                    worker.interrupt.resample();
+                }
                 token => {
                     let index = token
                         .checked_sub(FIRST_QUEUE_TOKEN)

@@ -1,5 +1,6 @@
 //! A minimal virtio driver for tests: it owns guest memory and programs a
-//! transport through its registers, as the guest's virtio_mmio driver would.
+//! transport through its registers, as the guest's virtio_mmio or
+//! virtio_pci driver would.
 // Test drivers split 64-bit addresses into 32-bit registers and build
 // small test patterns and lengths: the truncation is what they mean.
 #![allow(clippy::cast_possible_truncation)]
@@ -15,7 +16,80 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::devices::bus::BusDevice;
-use crate::devices::virtio::{MmioTransport, VirtioDevice};
+use crate::devices::pci::msix::Vector;
+use crate::devices::pci::PciDevice;
+use crate::devices::virtio::pci::{
+    common_cfg, vectors_needed, PciInterrupts, ISR_OFFSET, NOTIFY_MULTIPLIER, NOTIFY_OFFSET,
+};
+use crate::devices::virtio::{MmioTransport, PciTransport, VirtioDevice};
+
+/// Which transport a [`Driver`] talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Mmio,
+    Pci,
+}
+
+pub const KINDS: [Kind; 2] = [Kind::Mmio, Kind::Pci];
+
+/// Where the tests put a PCI function's BAR 0.
+pub const TEST_BAR: u64 = 0x1_0000_0000;
+
+/// The transport under test; as a [`BusDevice`] it is the mmio window, or
+/// BAR 0 of the PCI function.
+// Tests hold one at a time: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Transport {
+    Mmio(MmioTransport),
+    Pci(PciTransport),
+}
+
+impl BusDevice for Transport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        match self {
+            Transport::Mmio(t) => t.read(offset, data),
+            Transport::Pci(t) => t.bar_read(0, offset, data),
+        }
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        match self {
+            Transport::Mmio(t) => t.write(offset, data),
+            Transport::Pci(t) => t.bar_write(0, offset, data),
+        }
+    }
+}
+
+impl Transport {
+    pub fn pci(&mut self) -> &mut PciTransport {
+        match self {
+            Transport::Pci(t) => t,
+            Transport::Mmio(_) => panic!("not a PCI transport"),
+        }
+    }
+}
+
+/// MSI-X vectors for a test function: eventfds on made-up GSIs, no VM,
+/// and clones of them to watch. INTx is `irq` itself, so a driver that
+/// stays on INTx sees it.
+pub fn pci_interrupts(device: &dyn VirtioDevice, irq: &EventFd) -> (PciInterrupts, Vec<EventFd>) {
+    let fds: Vec<EventFd> = (0..vectors_needed(device))
+        .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+        .collect();
+    let watch = fds.iter().map(|e| e.try_clone().unwrap()).collect();
+    let vectors = (0u32..)
+        .zip(fds)
+        .map(|(i, evt)| Vector::new(evt, 24 + i))
+        .collect();
+    let irqs = PciInterrupts {
+        vectors,
+        router: None,
+        intx: Some(crate::devices::virtio::pci::IntxLine {
+            irq: irq.try_clone().unwrap(),
+            resample: EventFd::new(EFD_NONBLOCK).unwrap(),
+        }),
+    };
+    (irqs, watch)
+}
 
 pub const MEM_SIZE: usize = 0x20_0000;
 /// Rings of queue `q` live at `RINGS + q * RING_STRIDE`.
@@ -62,37 +136,115 @@ pub struct Ring {
 
 pub struct Driver {
     pub mem: GuestMemoryMmap,
-    pub dev: MmioTransport,
+    pub dev: Transport,
+    /// The mmio transport's interrupt, or the PCI function's INTx.
     pub irq: EventFd,
     pub rings: Vec<Ring>,
+    pub kind: Kind,
+    /// PCI: watchers of the MSI-X vectors' eventfds.
+    pub vectors: Vec<EventFd>,
     threaded: bool,
 }
 
 impl Driver {
-    /// A transport with its own worker thread, as in production.
+    /// A virtio-mmio transport with its own worker thread, as in production.
     pub fn new(device: Box<dyn VirtioDevice>) -> Driver {
-        let mem = guest_memory();
-        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
-        let mut dev = MmioTransport::new(mem.clone(), device, irq.try_clone().unwrap()).unwrap();
-        dev.take_worker_gate().unwrap().open(None).unwrap();
-        Driver::with(mem, dev, irq, true)
+        Driver::of(Kind::Mmio, device)
     }
 
-    /// A transport that processes queues inside the notify write.
+    /// A transport of `kind` with its own worker thread.
+    pub fn of(kind: Kind, device: Box<dyn VirtioDevice>) -> Driver {
+        let mem = guest_memory();
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let mut vectors = Vec::new();
+        let dev = match kind {
+            Kind::Mmio => {
+                let mut t =
+                    MmioTransport::new(mem.clone(), device, irq.try_clone().unwrap()).unwrap();
+                t.take_worker_gate().unwrap().open(None).unwrap();
+                Transport::Mmio(t)
+            }
+            Kind::Pci => {
+                let (irqs, watch) = pci_interrupts(device.as_ref(), &irq);
+                vectors = watch;
+                let mut t = PciTransport::new(mem.clone(), device, TEST_BAR, irqs).unwrap();
+                t.take_worker_gate().unwrap().open(None).unwrap();
+                Transport::Pci(t)
+            }
+        };
+        let mut d = Driver::with(mem, dev, irq, kind, true);
+        d.vectors = vectors;
+        d
+    }
+
+    /// A virtio-mmio transport that processes queues inside the notify write.
     pub fn new_inline(device: Box<dyn VirtioDevice>) -> Driver {
-        let mem = guest_memory();
-        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
-        let dev = MmioTransport::new_inline(mem.clone(), device, irq.try_clone().unwrap()).unwrap();
-        Driver::with(mem, dev, irq, false)
+        Driver::inline_of(Kind::Mmio, device)
     }
 
-    fn with(mem: GuestMemoryMmap, dev: MmioTransport, irq: EventFd, threaded: bool) -> Driver {
+    pub fn inline_of(kind: Kind, device: Box<dyn VirtioDevice>) -> Driver {
+        let mem = guest_memory();
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let mut vectors = Vec::new();
+        let dev = match kind {
+            Kind::Mmio => Transport::Mmio(
+                MmioTransport::new_inline(mem.clone(), device, irq.try_clone().unwrap()).unwrap(),
+            ),
+            Kind::Pci => {
+                let (irqs, watch) = pci_interrupts(device.as_ref(), &irq);
+                vectors = watch;
+                Transport::Pci(
+                    PciTransport::new_inline(mem.clone(), device, TEST_BAR, irqs).unwrap(),
+                )
+            }
+        };
+        let mut d = Driver::with(mem, dev, irq, kind, false);
+        d.vectors = vectors;
+        d
+    }
+
+    fn with(
+        mem: GuestMemoryMmap,
+        dev: Transport,
+        irq: EventFd,
+        kind: Kind,
+        threaded: bool,
+    ) -> Driver {
         Driver {
             mem,
             dev,
             irq,
             rings: Vec::new(),
+            kind,
+            vectors: Vec::new(),
             threaded,
+        }
+    }
+
+    /// A `width`-byte read of BAR 0 (PCI) or the window (mmio).
+    pub fn read_n(&mut self, offset: u64, width: usize) -> u64 {
+        let mut data = [0u8; 8];
+        self.dev.read(offset, &mut data[..width]);
+        u64::from_le_bytes(data)
+    }
+
+    pub fn write_n(&mut self, offset: u64, width: usize, value: u64) {
+        self.dev.write(offset, &value.to_le_bytes()[..width]);
+    }
+
+    /// Writes the device status register; 0 resets the device.
+    pub fn set_status(&mut self, status: u32) {
+        match self.kind {
+            Kind::Mmio => self.write(VIRTIO_MMIO_STATUS, status),
+            Kind::Pci => self.write_n(common_cfg::DEVICE_STATUS, 1, u64::from(status)),
+        }
+    }
+
+    /// InterruptStatus (mmio) or the ISR (PCI, which the read clears).
+    pub fn interrupt_status(&mut self) -> u32 {
+        match self.kind {
+            Kind::Mmio => self.read(VIRTIO_MMIO_INTERRUPT_STATUS),
+            Kind::Pci => self.read_n(ISR_OFFSET, 1) as u32,
         }
     }
 
@@ -107,32 +259,53 @@ impl Driver {
     }
 
     pub fn status(&mut self) -> u32 {
-        self.read(VIRTIO_MMIO_STATUS)
+        match self.kind {
+            Kind::Mmio => self.read(VIRTIO_MMIO_STATUS),
+            Kind::Pci => self.read_n(common_cfg::DEVICE_STATUS, 1) as u32,
+        }
+    }
+
+    /// (select, value) registers of the device and driver feature words.
+    fn feature_regs(&self) -> [u64; 4] {
+        match self.kind {
+            Kind::Mmio => [
+                VIRTIO_MMIO_DEVICE_FEATURES_SEL,
+                VIRTIO_MMIO_DEVICE_FEATURES,
+                VIRTIO_MMIO_DRIVER_FEATURES_SEL,
+                VIRTIO_MMIO_DRIVER_FEATURES,
+            ]
+            .map(u64::from),
+            Kind::Pci => [
+                common_cfg::DEVICE_FEATURE_SELECT,
+                common_cfg::DEVICE_FEATURE,
+                common_cfg::DRIVER_FEATURE_SELECT,
+                common_cfg::DRIVER_FEATURE,
+            ],
+        }
     }
 
     pub fn device_features(&mut self) -> u64 {
-        self.write(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
-        let low = self.read(VIRTIO_MMIO_DEVICE_FEATURES);
-        self.write(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
-        let high = self.read(VIRTIO_MMIO_DEVICE_FEATURES);
-        u64::from(low) | (u64::from(high) << 32)
+        let [sel, value, _, _] = self.feature_regs();
+        self.write_n(sel, 4, 0);
+        let low = self.read_n(value, 4);
+        self.write_n(sel, 4, 1);
+        let high = self.read_n(value, 4);
+        low | (high << 32)
     }
 
     /// ACKNOWLEDGE, DRIVER, features, FEATURES_OK; true if the device
     /// accepted the features.
     pub fn negotiate(&mut self, features: u64) -> bool {
-        self.write(VIRTIO_MMIO_STATUS, 0);
-        self.write(VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
-        self.write(
-            VIRTIO_MMIO_STATUS,
-            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
-        );
-        self.write(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
-        self.write(VIRTIO_MMIO_DRIVER_FEATURES, features as u32);
-        self.write(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
-        self.write(VIRTIO_MMIO_DRIVER_FEATURES, (features >> 32) as u32);
+        self.set_status(0);
+        self.set_status(VIRTIO_CONFIG_S_ACKNOWLEDGE);
+        self.set_status(VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER);
+        let [_, _, sel, value] = self.feature_regs();
+        self.write_n(sel, 4, 0);
+        self.write_n(value, 4, features & 0xffff_ffff);
+        self.write_n(sel, 4, 1);
+        self.write_n(value, 4, features >> 32);
         let status = self.status() | VIRTIO_CONFIG_S_FEATURES_OK;
-        self.write(VIRTIO_MMIO_STATUS, status);
+        self.set_status(status);
         self.status() & VIRTIO_CONFIG_S_FEATURES_OK != 0
     }
 
@@ -159,6 +332,24 @@ impl Driver {
     }
 
     pub fn setup_queue_at(&mut self, q: u32, size: u32, desc: u64, avail: u64, used: u64) {
+        if self.kind == Kind::Pci {
+            use common_cfg::*;
+            self.write_n(QUEUE_SELECT, 2, u64::from(q));
+            // The register is 16 bits: larger sizes are cut, as a
+            // driver's iowrite16 would.
+            self.write_n(QUEUE_SIZE, 2, u64::from(size));
+            for (reg, addr) in [
+                (QUEUE_DESC, desc),
+                (QUEUE_DRIVER, avail),
+                (QUEUE_DEVICE, used),
+            ] {
+                // Two halves, the way Linux's vp_iowrite64_twopart does.
+                self.write_n(reg, 4, addr & 0xffff_ffff);
+                self.write_n(reg + 4, 4, addr >> 32);
+            }
+            self.write_n(QUEUE_ENABLE, 2, 1);
+            return;
+        }
         self.write(VIRTIO_MMIO_QUEUE_SEL, q);
         self.write(VIRTIO_MMIO_QUEUE_NUM, size);
         self.write(VIRTIO_MMIO_QUEUE_DESC_LOW, desc as u32);
@@ -172,7 +363,7 @@ impl Driver {
 
     pub fn driver_ok(&mut self) {
         let status = self.status() | VIRTIO_CONFIG_S_DRIVER_OK;
-        self.write(VIRTIO_MMIO_STATUS, status);
+        self.set_status(status);
     }
 
     /// Full initialisation with VERSION_1 plus `features`, every queue at
@@ -238,7 +429,13 @@ impl Driver {
     }
 
     pub fn kick(&mut self, q: u32) {
-        self.write(VIRTIO_MMIO_QUEUE_NOTIFY, q);
+        match self.kind {
+            Kind::Mmio => self.write(VIRTIO_MMIO_QUEUE_NOTIFY, q),
+            Kind::Pci => {
+                let doorbell = NOTIFY_OFFSET + u64::from(q) * u64::from(NOTIFY_MULTIPLIER);
+                self.write_n(doorbell, 2, u64::from(q));
+            }
+        }
     }
 
     pub fn submit(&mut self, q: usize, buffers: &[(u64, u32, bool)]) -> u16 {

@@ -1,6 +1,7 @@
 //! Turns arbitrary bytes into a guest driving a virtio-blk or virtio-rng
-//! device: register accesses, raw descriptor and ring writes, and
-//! notifications, all against a small guest memory. Shared by the cargo-fuzz
+//! device over virtio-mmio or virtio-pci: register accesses (for PCI also
+//! configuration space writes: BAR moves, MSI-X control), raw descriptor
+//! and ring writes, and notifications, all against a small guest memory. Shared by the cargo-fuzz
 //! target in vmm/fuzz (through the `fuzzing` feature, as `vmm::fuzz_driver`)
 //! and a deterministic test.
 
@@ -11,7 +12,109 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::devices::bus::BusDevice;
-use crate::devices::virtio::{Block, MmioTransport, Rng, VirtioDevice};
+use crate::devices::pci::msix::Vector;
+use crate::devices::pci::PciDevice;
+use crate::devices::virtio::pci::{
+    common_cfg, vectors_needed, IntxLine, PciInterrupts, ISR_OFFSET, NOTIFY_MULTIPLIER,
+    NOTIFY_OFFSET,
+};
+use crate::devices::virtio::{Block, MmioTransport, PciTransport, Rng, VirtioDevice};
+
+/// Where the fuzzed PCI function's BAR starts.
+const PCI_BAR: u64 = 0x1000_0000;
+/// Bytes of BAR 0 the register accesses cover (every region, then some).
+const PCI_REGS: u16 = 0x6000;
+
+/// The transport under fuzz, with its register layout.
+// One lives per input: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum Dev {
+    Mmio(MmioTransport),
+    Pci(PciTransport),
+}
+
+impl Dev {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        match self {
+            Dev::Mmio(t) => t.read(offset, data),
+            Dev::Pci(t) => t.bar_read(0, offset, data),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        match self {
+            Dev::Mmio(t) => t.write(offset, data),
+            Dev::Pci(t) => t.bar_write(0, offset, data),
+        }
+    }
+
+    fn w32(&mut self, offset: u64, value: u32) {
+        self.write(offset, &value.to_le_bytes());
+    }
+
+    fn w16(&mut self, offset: u64, value: u16) {
+        self.write(offset, &value.to_le_bytes());
+    }
+
+    fn notify(&mut self, queue: u16) {
+        match self {
+            Dev::Mmio(_) => self.w32(0x50, u32::from(queue)),
+            Dev::Pci(_) => self.w16(
+                NOTIFY_OFFSET + u64::from(queue) * u64::from(NOTIFY_MULTIPLIER),
+                queue,
+            ),
+        }
+    }
+
+    fn set_status(&mut self, status: u8) {
+        match self {
+            Dev::Mmio(_) => self.w32(0x70, u32::from(status)),
+            Dev::Pci(_) => self.write(common_cfg::DEVICE_STATUS, &[status]),
+        }
+    }
+
+    fn status(&mut self) -> u32 {
+        let mut word = [0u8; 4];
+        match self {
+            Dev::Mmio(_) => self.read(0x70, &mut word),
+            Dev::Pci(_) => self.read(common_cfg::DEVICE_STATUS, &mut word[..1]),
+        }
+        u32::from_le_bytes(word)
+    }
+
+    fn interrupt_status(&mut self) -> u32 {
+        let mut word = [0u8; 4];
+        match self {
+            Dev::Mmio(_) => self.read(0x60, &mut word),
+            Dev::Pci(_) => self.read(ISR_OFFSET, &mut word[..1]),
+        }
+        u32::from_le_bytes(word)
+    }
+
+    fn register_span(&self) -> u16 {
+        match self {
+            Dev::Mmio(_) => 0x140,
+            Dev::Pci(_) => PCI_REGS,
+        }
+    }
+}
+
+fn pci_transport(mem: &GuestMemoryMmap, device: Box<dyn VirtioDevice>) -> PciTransport {
+    let eventfd = || EventFd::new(EFD_NONBLOCK).expect("eventfd");
+    let vectors = (0u32..)
+        .take(vectors_needed(device.as_ref()))
+        .map(|i| Vector::new(eventfd(), 24 + i))
+        .collect();
+    let irqs = PciInterrupts {
+        vectors,
+        router: None,
+        intx: Some(IntxLine {
+            irq: eventfd(),
+            resample: eventfd(),
+        }),
+    };
+    PciTransport::new_inline(mem.clone(), device, PCI_BAR, irqs).expect("transport")
+}
 
 const LOW_MEM: usize = 0x1_0000;
 /// A second region past a hole, so buffers can straddle the gap.
@@ -71,8 +174,12 @@ pub fn run(data: &[u8]) {
         (GuestAddress(HIGH_MEM.0), HIGH_MEM.1),
     ])
     .expect("fuzz guest memory");
-    let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
-    let mut dev = MmioTransport::new_inline(mem.clone(), device, irq).expect("transport");
+    let mut dev = if selector & 4 == 0 {
+        let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        Dev::Mmio(MmioTransport::new_inline(mem.clone(), device, irq).expect("transport"))
+    } else {
+        Dev::Pci(pci_transport(&mem, device))
+    };
     let mut avail_idx: u16 = 0;
     let mut queue_size: u16 = 256;
 
@@ -96,7 +203,7 @@ pub fn run(data: &[u8]) {
                 };
                 let _ = mem.write_obj(head, GuestAddress(AVAIL + 4 + slot * 2));
                 let _ = mem.write_obj(avail_idx, GuestAddress(AVAIL + 2));
-                dev.write(0x50, &0u32.to_le_bytes());
+                dev.notify(0);
             }),
             11 => input.u8().map(|delta| {
                 // Small moves of the available index, in both directions.
@@ -104,12 +211,8 @@ pub fn run(data: &[u8]) {
                 avail_idx = idx;
                 let _ = mem.write_obj(idx, GuestAddress(AVAIL + 2));
             }),
-            12 => input
-                .u8()
-                .map(|q| dev.write(0x50, &u32::from(q % 4).to_le_bytes())),
-            13 => input
-                .u8()
-                .map(|s| dev.write(0x70, &u32::from(s).to_le_bytes())),
+            12 => input.u8().map(|q| dev.notify(u16::from(q % 4))),
+            13 => input.u8().map(|s| dev.set_status(s)),
             _ => block_header(&mem, &mut input),
         };
         if done.is_none() {
@@ -118,26 +221,35 @@ pub fn run(data: &[u8]) {
     }
 
     // Whatever happened, a reset must bring the device back to a clean state.
-    dev.write(0x70, &0u32.to_le_bytes());
-    let mut word = [0u8; 4];
-    dev.read(0x70, &mut word);
-    assert_eq!(word, [0; 4], "status after reset");
-    dev.read(0x60, &mut word);
-    assert_eq!(word, [0; 4], "interrupt status after reset");
+    dev.set_status(0);
+    assert_eq!(dev.status(), 0, "status after reset");
+    assert_eq!(dev.interrupt_status(), 0, "interrupt status after reset");
 }
 
-fn register_write(dev: &mut MmioTransport, input: &mut Input) -> Option<()> {
-    let offset = u64::from(input.u16()? % 0x140);
+fn register_write(dev: &mut Dev, input: &mut Input) -> Option<()> {
+    let raw = input.u16()?;
     let value = input.u32()?;
+    let choice = input.u8()?;
     let width = [4usize, 4, 4, 1, 2, 8]
-        .get(usize::from(input.u8()? % 6))
+        .get(usize::from(choice % 6))
         .copied()?;
     let bytes = u64::from(value).to_le_bytes();
-    dev.write(offset, bytes.get(..width)?);
+    let data = bytes.get(..width)?;
+    match dev {
+        // A quarter of PCI writes go to the configuration space: BARs,
+        // the command register, the MSI-X message control.
+        Dev::Pci(t) if choice & 0x80 != 0 && choice & 0x40 != 0 => {
+            t.config_write(usize::from(raw % 0x100), data);
+        }
+        _ => {
+            let span = dev.register_span();
+            dev.write(u64::from(raw % span), data);
+        }
+    }
     Some(())
 }
 
-fn register_read(dev: &mut MmioTransport, input: &mut Input) -> Option<()> {
+fn register_read(dev: &mut Dev, input: &mut Input) -> Option<()> {
     let offset = u64::from(input.u16()?);
     let width = [4usize, 1, 2, 8]
         .get(usize::from(input.u8()? % 4))
@@ -159,7 +271,7 @@ fn memory_write(mem: &GuestMemoryMmap, input: &mut Input) -> Option<()> {
 
 /// A well-behaved initialisation with fuzzed features and queue size, so
 /// the interesting paths are reachable from short inputs.
-fn init(dev: &mut MmioTransport, input: &mut Input, queue_size: &mut u16) -> Option<()> {
+fn init(dev: &mut Dev, input: &mut Input, queue_size: &mut u16) -> Option<()> {
     let raw = input.u64()?;
     let size = input.u16()?;
     // Mostly a feature set a real driver would pick (VERSION_1 plus some of
@@ -169,7 +281,27 @@ fn init(dev: &mut MmioTransport, input: &mut Input, queue_size: &mut u16) -> Opt
     } else {
         raw
     };
-    let mut w = |offset: u64, value: u32| dev.write(offset, &value.to_le_bytes());
+    if let Dev::Pci(_) = dev {
+        use common_cfg::*;
+        for status in [0, 1, 3] {
+            dev.set_status(status);
+        }
+        dev.w32(DRIVER_FEATURE_SELECT, 0);
+        dev.w32(DRIVER_FEATURE, low_half(features));
+        dev.w32(DRIVER_FEATURE_SELECT, 1);
+        dev.w32(DRIVER_FEATURE, low_half(features >> 32));
+        dev.set_status(0xb);
+        dev.w16(QUEUE_SELECT, 0);
+        dev.w16(QUEUE_SIZE, size);
+        dev.w32(QUEUE_DESC, low_half(DESC));
+        dev.w32(QUEUE_DRIVER, low_half(AVAIL));
+        dev.w32(QUEUE_DEVICE, low_half(USED));
+        dev.w16(QUEUE_ENABLE, 1);
+        dev.set_status(0xf);
+        *queue_size = size;
+        return Some(());
+    }
+    let mut w = |offset: u64, value: u32| dev.w32(offset, value);
     w(0x70, 0);
     w(0x70, 1);
     w(0x70, 3);

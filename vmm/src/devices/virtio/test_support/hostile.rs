@@ -1,5 +1,6 @@
 //! A hostile driver scribbling over its virtqueues: every case must end in
-//! a failed request or DEVICE_NEEDS_RESET, never a crash or a hang.
+//! a failed request or DEVICE_NEEDS_RESET, never a crash or a hang. Each
+//! case runs over both transports (`NAME::mmio`, `NAME::pci`).
 // Test drivers split 64-bit addresses into 32-bit registers and build
 // small test patterns and lengths: the truncation is what they mean.
 #![allow(clippy::cast_possible_truncation)]
@@ -8,10 +9,10 @@ use std::time::Duration;
 
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_T_IN};
 use virtio_bindings::virtio_config::VIRTIO_CONFIG_S_NEEDS_RESET;
-use virtio_bindings::virtio_mmio::*;
+use virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
-use super::driver::{scratch_file, Driver, DATA};
+use super::driver::{scratch_file, Driver, Kind, DATA};
 use crate::devices::virtio::{Block, Rng};
 
 const NEXT: u16 = VRING_DESC_F_NEXT as u16;
@@ -21,10 +22,27 @@ const HDR: u64 = DATA;
 const STATUS: u64 = DATA + 0x100;
 const TABLE: u64 = DATA + 0x1000;
 
-fn blk(queue_size: u32) -> Driver {
-    let mut d = Driver::new(Box::new(
-        Block::new(scratch_file(64 * 1024), false).unwrap(),
-    ));
+/// Runs the case `$name` (a `fn(Kind)`) over both transports.
+macro_rules! both_transports {
+    ($($name:ident),* $(,)?) => {
+        $(mod $name {
+            #[test]
+            fn mmio() {
+                super::$name(super::Kind::Mmio);
+            }
+            #[test]
+            fn pci() {
+                super::$name(super::Kind::Pci);
+            }
+        })*
+    };
+}
+
+fn blk(kind: Kind, queue_size: u32) -> Driver {
+    let mut d = Driver::of(
+        kind,
+        Box::new(Block::new(scratch_file(64 * 1024), false).unwrap()),
+    );
     d.start(0, 1, queue_size);
     d.write_mem(HDR, &read_header());
     d
@@ -61,9 +79,8 @@ fn publish(d: &mut Driver, head: u16) {
     d.kick(0);
 }
 
-#[test]
-fn descriptor_loop_terminates() {
-    let mut d = blk(16);
+fn descriptor_loop_terminates(kind: Kind) {
+    let mut d = blk(kind, 16);
     // 0 -> 1 -> 0 -> ... with the status byte inside the loop.
     d.write_desc(0, 0, HDR, 16, NEXT, 1);
     d.write_desc(0, 1, STATUS, 1, NEXT | WRITE, 0);
@@ -80,9 +97,8 @@ fn descriptor_loop_terminates() {
     assert_still_works(&mut d);
 }
 
-#[test]
-fn chain_longer_than_queue_is_cut() {
-    let mut d = blk(16);
+fn chain_longer_than_queue_is_cut(kind: Kind) {
+    let mut d = blk(kind, 16);
     for i in 0..16u16 {
         d.write_desc(0, i, STATUS, 1, NEXT | WRITE, (i + 1) % 16);
     }
@@ -92,9 +108,8 @@ fn chain_longer_than_queue_is_cut() {
     assert!(!broken(&mut d));
 }
 
-#[test]
-fn next_index_out_of_range_truncates_chain() {
-    let mut d = blk(16);
+fn next_index_out_of_range_truncates_chain(kind: Kind) {
+    let mut d = blk(kind, 16);
     d.write_desc(0, 0, HDR, 16, NEXT, 300);
     publish(&mut d, 0);
     // Only the header survives: no status byte to write.
@@ -103,9 +118,8 @@ fn next_index_out_of_range_truncates_chain() {
     assert_still_works(&mut d);
 }
 
-#[test]
-fn zero_length_and_wrapping_descriptors_fail_the_request() {
-    let mut d = blk(16);
+fn zero_length_and_wrapping_descriptors_fail_the_request(kind: Kind) {
+    let mut d = blk(kind, 16);
     d.write_mem(STATUS, &[0xff]);
     d.submit(0, &[(HDR, 0, false), (STATUS, 1, true)]);
     assert_eq!(d.wait_used(0).1, 1);
@@ -117,9 +131,8 @@ fn zero_length_and_wrapping_descriptors_fail_the_request() {
     assert_still_works(&mut d);
 }
 
-#[test]
-fn indirect_tables_are_bounded() {
-    let mut d = blk(16);
+fn indirect_tables_are_bounded(kind: Kind) {
+    let mut d = blk(kind, 16);
     // Indirect table whose entries loop.
     d.write_mem(TABLE, &desc_bytes(HDR, 16, NEXT, 1));
     d.write_mem(TABLE + 16, &desc_bytes(STATUS, 1, NEXT | WRITE, 0));
@@ -151,15 +164,11 @@ fn desc_bytes(addr: u64, len: u32, flags: u16, next: u16) -> [u8; 16] {
     b
 }
 
-#[test]
-fn head_index_out_of_range_breaks_device() {
-    let mut d = blk(16);
+fn head_index_out_of_range_breaks_device(kind: Kind) {
+    let mut d = blk(kind, 16);
     publish(&mut d, 999);
     assert!(d.wait_needs_reset());
-    assert_ne!(
-        d.read(VIRTIO_MMIO_INTERRUPT_STATUS) & VIRTIO_MMIO_INT_CONFIG,
-        0
-    );
+    assert_ne!(d.interrupt_status() & VIRTIO_MMIO_INT_CONFIG, 0);
     // Further kicks are ignored, not processed.
     d.write_mem(STATUS, &[0xff]);
     d.submit(0, &[(HDR, 16, false), (STATUS, 1, true)]);
@@ -170,9 +179,8 @@ fn head_index_out_of_range_breaks_device() {
     assert_still_works(&mut d);
 }
 
-#[test]
-fn available_index_beyond_queue_size_breaks_device() {
-    let mut d = blk(16);
+fn available_index_beyond_queue_size_breaks_device(kind: Kind) {
+    let mut d = blk(kind, 16);
     d.set_avail_idx(0, 17);
     d.kick(0);
     assert!(d.wait_needs_reset());
@@ -180,11 +188,10 @@ fn available_index_beyond_queue_size_breaks_device() {
     assert_still_works(&mut d);
 }
 
-#[test]
-fn flooded_available_ring_is_processed_in_bounded_batches() {
+fn flooded_available_ring_is_processed_in_bounded_batches(kind: Kind) {
     // The driver claims a full ring of requests on a large queue, over and
     // over; the worker must keep up without starving a reset.
-    let mut d = Driver::new(Box::new(Rng::new()));
+    let mut d = Driver::of(kind, Box::new(Rng::new()));
     d.start(0, 1, 256);
     for _ in 0..256 {
         let head = d.add_chain(0, &[(DATA, 8, true)]);
@@ -194,26 +201,27 @@ fn flooded_available_ring_is_processed_in_bounded_batches() {
     for _ in 0..256 {
         d.wait_used(0);
     }
-    d.write(VIRTIO_MMIO_STATUS, 0);
+    d.set_status(0);
     assert_eq!(d.status(), 0);
 }
 
-#[test]
-fn reset_while_requests_are_in_flight() {
-    let mut d = Driver::new(Box::new(Rng::new()));
+fn reset_while_requests_are_in_flight(kind: Kind) {
+    let mut d = Driver::of(kind, Box::new(Rng::new()));
     for _ in 0..20 {
         d.start(0, 1, 16);
         for _ in 0..8 {
             d.submit(0, &[(DATA, 4096, true)]);
         }
-        d.write(VIRTIO_MMIO_STATUS, 0);
+        d.set_status(0);
         assert_eq!(d.status(), 0);
     }
 }
 
-#[test]
-fn inline_transport_handles_the_same_abuse() {
-    let mut d = Driver::new_inline(Box::new(Block::new(scratch_file(4096), false).unwrap()));
+fn inline_transport_handles_the_same_abuse(kind: Kind) {
+    let mut d = Driver::inline_of(
+        kind,
+        Box::new(Block::new(scratch_file(4096), false).unwrap()),
+    );
     d.start(0, 1, 16);
     d.write_desc(0, 0, HDR, 16, NEXT, 0);
     publish(&mut d, 0);
@@ -221,3 +229,16 @@ fn inline_transport_handles_the_same_abuse() {
     publish(&mut d, 500);
     assert!(broken(&mut d));
 }
+
+both_transports!(
+    descriptor_loop_terminates,
+    chain_longer_than_queue_is_cut,
+    next_index_out_of_range_truncates_chain,
+    zero_length_and_wrapping_descriptors_fail_the_request,
+    indirect_tables_are_bounded,
+    head_index_out_of_range_breaks_device,
+    available_index_beyond_queue_size_breaks_device,
+    flooded_available_ring_is_processed_in_bounded_batches,
+    reset_while_requests_are_in_flight,
+    inline_transport_handles_the_same_abuse,
+);
