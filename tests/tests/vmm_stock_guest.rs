@@ -27,7 +27,7 @@ const STOP: Duration = Duration::from_secs(300);
 
 const USER_DATA: &str = r#"#cloud-config
 runcmd:
-  - echo "hv-cloud-init: hostname=$(hostname) root=$(findmnt -no FSTYPE /)" >/dev/console
+  - [sh, -c, 'echo "hv-cloud-init: hostname=$(hostname) root=$(findmnt -no FSTYPE /)" >/dev/console']
 power_state:
   mode: poweroff
   condition: true
