@@ -71,6 +71,20 @@ fn enable_line(available: &str) -> String {
 /// the directory opened for `clone3(CLONE_INTO_CGROUP)`.
 pub fn guest_group(base: &Path, name: &str, memory_mib: u32, vcpus: u8) -> io::Result<File> {
     let dir = base.join(name);
+    // A new vmm gets a new group: the page cache the last one filled
+    // through its disks stays charged to the group it was charged to, and
+    // a reused group would start near its memory.max, reclaiming on every
+    // guest page fault. Removing the empty group hands those charges to the
+    // parent. A group still holding a process (EBUSY) is reused as it is.
+    match fs::remove_dir(&dir) {
+        Err(e)
+            if e.kind() != io::ErrorKind::NotFound
+                && !matches!(e.raw_os_error(), Some(libc::EBUSY | libc::ENOTEMPTY)) =>
+        {
+            log::warn!("cgroups: cannot remove {}: {e}", dir.display());
+        }
+        _ => {}
+    }
     match fs::create_dir(&dir) {
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
         _ => {}
