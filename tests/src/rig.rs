@@ -89,31 +89,7 @@ mount -t devtmpfs dev /dev
 /// When the script fails or names a missing file.
 pub fn kernel(profile: &str) -> PathBuf {
     let var = format!("HV_{}_KERNEL", profile.to_uppercase());
-    if let Some(path) = env::var_os(&var).filter(|p| !p.is_empty()) {
-        let path = PathBuf::from(path);
-        assert!(path.is_file(), "{var}={} does not exist", path.display());
-        return path;
-    }
-    let script = workspace_root().join("scripts/kernel");
-    // Progress goes to stderr: shown only when the script fails.
-    let out = Command::new(&script)
-        .arg(profile)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "scripts/kernel {profile} failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let path = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
-    assert!(
-        path.is_file(),
-        "scripts/kernel {profile} named {:?}, which does not exist",
-        path
-    );
-    path
+    cached_artefact(&var, "kernel", &[profile])
 }
 
 /// A stock Debian 12 disk (Debian's cloud kernel and initrd, untouched;
@@ -124,22 +100,27 @@ pub fn kernel(profile: &str) -> PathBuf {
 /// # Panics
 /// When the script fails or names a missing file.
 pub fn debian_disk() -> PathBuf {
-    if let Some(path) = env::var_os("HV_DEBIAN_DISK").filter(|p| !p.is_empty()) {
+    cached_artefact("HV_DEBIAN_DISK", "debian-guest", &[])
+}
+
+/// The file `$var` names, else the one whose path `scripts/SCRIPT ARGS`
+/// prints last (the cached scripts print the path of what they built).
+fn cached_artefact(var: &str, script: &str, args: &[&str]) -> PathBuf {
+    if let Some(path) = env::var_os(var).filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "HV_DEBIAN_DISK={} does not exist",
-            path.display()
-        );
+        assert!(path.is_file(), "{var}={} does not exist", path.display());
         return path;
     }
-    let script = workspace_root().join("scripts/debian-guest");
-    let out = Command::new(&script)
+    let what = format!("scripts/{script} {}", args.join(" "));
+    let what = what.trim_end();
+    // Progress goes to stderr: shown only when the script fails.
+    let out = Command::new(workspace_root().join("scripts").join(script))
+        .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
     assert!(
         out.status.success(),
-        "scripts/debian-guest failed ({}):\n{}",
+        "{what} failed ({}):\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
@@ -147,7 +128,7 @@ pub fn debian_disk() -> PathBuf {
     let path = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
     assert!(
         path.is_file(),
-        "scripts/debian-guest named {path:?}, which does not exist"
+        "{what} named {path:?}, which does not exist"
     );
     path
 }
