@@ -27,7 +27,11 @@ const LEAF_CACHE_PARAMS: u32 = 0x4;
 const LEAF_PERFMON: u32 = 0xa;
 const LEAF_EXT_TOPOLOGY: u32 = 0xb;
 const LEAF_V2_EXT_TOPOLOGY: u32 = 0x1f;
+const LEAF_AMD_FEATURES: u32 = 0x8000_0001;
 const LEAF_AMD_SIZE_IDS: u32 = 0x8000_0008;
+const LEAF_AMD_SVM: u32 = 0x8000_000a;
+/// CPUID 0x80000001 ECX: AMD's virtualization extensions.
+const ECX_SVM: u32 = 1 << 2;
 const LEAF_AMD_EXT_APIC_ID: u32 = 0x8000_001e;
 
 const LEAF_HYPERVISOR: u32 = 0x4000_0000;
@@ -35,6 +39,7 @@ const LEAF_KVM_FEATURES: u32 = 0x4000_0001;
 /// Hypervisor timing leaf (VMware's, also read by other guests under KVM).
 const LEAF_TIMING: u32 = 0x4000_0010;
 
+const ECX_VMX: u32 = 1 << 5;
 const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const ECX_HYPERVISOR: u32 = 1 << 31;
 /// KVM_FEATURE_CLOCKSOURCE2 (new kvmclock MSRs) and
@@ -117,6 +122,8 @@ fn filter_entry(e: &mut kvm_cpuid_entry2, id: u32, count: u32, timers: Timers) {
             // EBX: APIC id [31:24], logical processors [23:16], CLFLUSH size [15:8].
             e.ebx = (id << 24) | (count << 16) | (8 << 8) | (e.ebx & 0xff);
             e.ecx |= ECX_HYPERVISOR;
+            // No nested virtualization (see LEAF_AMD_FEATURES).
+            e.ecx &= !ECX_VMX;
             if timers.tsc_deadline {
                 e.ecx |= ECX_TSC_DEADLINE;
             }
@@ -159,6 +166,17 @@ fn filter_entry(e: &mut kvm_cpuid_entry2, id: u32, count: u32, timers: Timers) {
                     e.ecx = e.index;
                 }
             }
+        }
+        // No nested virtualization: the vmm does not offer it, and a guest
+        // that sees SVM or VMX loads its KVM module, which probes and
+        // enables the extension for nothing (and slowly, when this host
+        // is itself nested).
+        LEAF_AMD_FEATURES => e.ecx &= !ECX_SVM,
+        LEAF_AMD_SVM => {
+            e.eax = 0;
+            e.ebx = 0;
+            e.ecx = 0;
+            e.edx = 0;
         }
         LEAF_AMD_SIZE_IDS => {
             // ECX: APIC id size [15:12], cores - 1 [7:0].
@@ -216,6 +234,24 @@ mod tests {
         assert_eq!((smt.ebx, smt.ecx >> 8), (1, LEVEL_TYPE_SMT));
         assert_eq!((core.eax, core.ebx, core.ecx >> 8), (2, 3, LEVEL_TYPE_CORE));
         assert_eq!((end.ebx, end.ecx >> 8), (0, 0));
+    }
+
+    #[test]
+    fn no_nested_virtualization() {
+        let mut intel = entry(LEAF_FEATURES, 0);
+        let mut amd = entry(LEAF_AMD_FEATURES, 0);
+        let mut svm = entry(LEAF_AMD_SVM, 0);
+        intel.ecx = u32::MAX;
+        amd.ecx = u32::MAX;
+        svm.eax = 1;
+        for e in [&mut intel, &mut amd, &mut svm] {
+            filter_entry(e, 0, 1, Timers::default());
+        }
+        assert_eq!(intel.ecx & ECX_VMX, 0);
+        assert_ne!(intel.ecx & ECX_HYPERVISOR, 0);
+        assert_eq!(amd.ecx & ECX_SVM, 0);
+        assert_eq!(amd.ecx, !ECX_SVM, "the other AMD feature bits stay");
+        assert_eq!((svm.eax, svm.ebx, svm.ecx, svm.edx), (0, 0, 0, 0));
     }
 
     #[test]
