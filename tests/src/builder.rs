@@ -33,7 +33,6 @@ pub struct QemuBuilder {
     disks: Vec<Disk>,
     nets: Vec<UserNet>,
     no_reboot: bool,
-    single_threaded_tcg: bool,
     fail_patterns: Vec<String>,
     extra: Vec<String>,
 }
@@ -53,7 +52,6 @@ impl QemuBuilder {
             disks: Vec::new(),
             nets: Vec::new(),
             no_reboot: true,
-            single_threaded_tcg: false,
             fail_patterns: DEFAULT_FAIL_PATTERNS
                 .iter()
                 .map(|p| p.to_string())
@@ -122,16 +120,6 @@ impl QemuBuilder {
         self
     }
 
-    /// One host thread for all the machine's vCPUs (`-accel
-    /// tcg,thread=single`). QEMU 7.2's multi-threaded TCG aborts
-    /// (`tcg_handle_interrupt: assertion failed`) or resets the machine now
-    /// and then under long nested-KVM loads; the slower single thread is
-    /// for the tests that run a whole distribution nested.
-    pub fn single_threaded_tcg(mut self) -> Self {
-        self.single_threaded_tcg = true;
-        self
-    }
-
     /// Let a guest reboot instead of making QEMU exit.
     pub fn allow_reboot(mut self) -> Self {
         self.no_reboot = false;
@@ -190,12 +178,7 @@ impl QemuBuilder {
             "-machine".into(),
             "q35,graphics=off".into(),
             "-accel".into(),
-            if self.single_threaded_tcg {
-                "tcg,thread=single"
-            } else {
-                "tcg"
-            }
-            .into(),
+            "tcg".into(),
             "-cpu".into(),
             "max".into(),
             "-smp".into(),

@@ -77,7 +77,6 @@ fn appliance(
         .seabios()
         .smp(2)
         .memory_mib(3072)
-        .single_threaded_tcg()
         .usb_disk(stick)
         .args([
             "-drive".to_string(),

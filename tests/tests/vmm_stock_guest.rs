@@ -60,7 +60,6 @@ echo "rig: disk $(cat /sys/block/vda/size 2>&1) sectors"
         .file("guest/user-data", 0o644, USER_DATA);
     let mut vm = rig
         .machine("vmm_stock_guest_debian")?
-        .single_threaded_tcg()
         .disk(Disk::virtio(debian_disk()))
         .spawn()?;
     vm.wait_for(r"^rig: L1 up at .* kvm yes$", L1_UP)?;
