@@ -87,13 +87,15 @@ fn appliance(
 }
 
 /// Ignored, with its reason: in the nested rig this test has not yet run to
-/// its end. Of five runs (2026-12-02), every one created both images and
-/// booted the copy; two got through cloud-init and the guest's reboot and
-/// then stalled or crawled in the second boot (one a cgroup carrying the
-/// last vmm's page cache, since fixed), one ended in a silent L1 reset,
-/// and two stalled with the L1 busy and the guest's console silent in
-/// cloud-init's first stage. `vmm_stock_guest.rs` (the same image under
-/// the bare vmm) and `disk_sources.rs` (images from a base) pass.
+/// its end. Of six runs (2026-12-02), every one created both images and
+/// booted the copy. The last got through cloud-init, the guest's reboot
+/// (the marker read back from the blank disk) and the host's power-off,
+/// then stalled early in the guest's boot after the host's reboot, with
+/// one L1 vCPU busy. Before it: two stalled or crawled in the guest's
+/// second boot (one a cgroup carrying the last vmm's page cache, since
+/// fixed), one ended in a silent L1 reset, and two stalled in cloud-init's
+/// first stage. `vmm_stock_guest.rs` (the same image under the bare vmm)
+/// and `disk_sources.rs` (images from a base) pass.
 #[test]
 #[ignore = "stalls in the nested rig (QEMU/TCG) during the Debian guest's boots; not yet run to its end there"]
 fn debian_image_boots_from_a_provisioned_copy_with_cloud_init_and_keeps_its_writes(
