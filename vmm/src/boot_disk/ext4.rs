@@ -4,7 +4,7 @@
 use ext4_view::{Ext4, Ext4Error, Ext4Read};
 
 use super::disk::Slice;
-use super::fs::{DirItem, FileError, Fs};
+use super::fs::{buffer_for, DirItem, FileError, Fs};
 
 const SUPERBLOCK: u64 = 1024;
 const MAGIC_OFFSET: u64 = SUPERBLOCK + 56;
@@ -66,21 +66,8 @@ impl Fs for Ext4Fs {
     fn read(&self, path: &str, limit: u64, what: &'static str) -> Result<Vec<u8>, FileError> {
         let mut file = self.fs.open(path).map_err(|e| file_error(path, e))?;
         let size = file.metadata().len();
-        if size > limit {
-            return Err(FileError::TooLarge {
-                path: path.into(),
-                what,
-                size,
-                limit,
-            });
-        }
-        let size = usize::try_from(size).map_err(|_| FileError::TooLarge {
-            path: path.into(),
-            what,
-            size,
-            limit,
-        })?;
-        let mut data = vec![0u8; size];
+        let mut data = buffer_for(path, what, size, limit)?;
+        let size = data.len();
         let mut done = 0;
         while let Some(rest) = data.get_mut(done..) {
             if rest.is_empty() {

@@ -9,7 +9,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use fatfs::{FileSystem, FsOptions};
 
 use super::disk::{ReadOnly, Slice};
-use super::fs::{DirItem, FileError, Fs};
+use super::fs::{buffer_for, DirItem, FileError, Fs};
 
 /// True if sector 0 is a FAT boot sector: the 0x55AA signature and "FAT"
 /// in the FAT12/16 or the FAT32 file system type field.
@@ -74,21 +74,8 @@ impl Fs for FatFs {
             .seek(SeekFrom::End(0))
             .and_then(|size| file.seek(SeekFrom::Start(0)).map(|_| size))
             .map_err(|e| file_error(path, &e))?;
-        if size > limit {
-            return Err(FileError::TooLarge {
-                path: path.into(),
-                what,
-                size,
-                limit,
-            });
-        }
-        let size = usize::try_from(size).map_err(|_| FileError::TooLarge {
-            path: path.into(),
-            what,
-            size,
-            limit,
-        })?;
-        let mut data = vec![0u8; size];
+        let mut data = buffer_for(path, what, size, limit)?;
+        let size = data.len();
         file.read_exact(&mut data).map_err(|e| FileError::Fs {
             path: path.into(),
             reason: format!("cannot read its {size} bytes: {e}"),

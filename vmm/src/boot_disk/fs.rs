@@ -159,6 +159,27 @@ pub(super) fn resolve(fs: &dyn Fs, path: &str) -> Result<Resolved, FileError> {
     Err(FileError::Loop(normalize(path)))
 }
 
+/// A zeroed buffer for a file of `size` bytes, or the error naming `path`
+/// when that is more than `limit` (the caller's bound for `what`).
+pub fn buffer_for(
+    path: &str,
+    what: &'static str,
+    size: u64,
+    limit: u64,
+) -> Result<Vec<u8>, FileError> {
+    let too_large = || FileError::TooLarge {
+        path: path.into(),
+        what,
+        size,
+        limit,
+    };
+    if size > limit {
+        return Err(too_large());
+    }
+    let size = usize::try_from(size).map_err(|_| too_large())?;
+    Ok(vec![0u8; size])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
